@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make run` (the whole lab, headless) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_CPU := torch==2.13.0
+
+.PHONY: run test lab teaching-model release bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU build of torch first: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU)
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m labkit run
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+lab: $(VENV)/.installed
+	$(VENV)/bin/jupyter lab notebooks/
+
+teaching-model: $(VENV)/.installed
+	$(PY) -m labkit teaching-model
+
+release: $(VENV)/.installed
+	$(PY) -m labkit release --out build/student
+
+bench: $(VENV)/.installed
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) runs build .pytest_cache
