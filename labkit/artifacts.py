@@ -132,3 +132,25 @@ def save_policy(model, tokenizer, directory: Path) -> str:
         return digest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Payloads of each step's artifact (beyond the header that save_json adds). Notebooks write
+# them, grading.checks reads them; change both together.
+#
+# step1_baseline.json  kind="step1_baseline":
+#   model: ModelInfo dict · seed · generation_spec: GenerationSpec dict
+#   prompts: [str] · prompt_kinds: ["theme"|"far", ...] · outputs: [str]
+# step2_preferences.jsonl: one {prompt, chosen, rejected} per line (labkit.data.save_jsonl)
+# step2_meta.json  kind="step2_meta":
+#   n_pairs · pairs_sha256 (of the JSONL bytes) · heldout_prompts: [str] · theme: str
+# step3_policy/: save_pretrained folder of the trained policy (save_policy)
+# step3_training.json  kind="step3_training":
+#   base_model: ModelInfo dict · policy_sha256 · pairs_sha256 · n_pairs · train_seconds
+#   dpo_config: {learning_rate, beta, num_train_epochs, per_device_train_batch_size,
+#                max_length, loss_type, seed, precompute_ref_log_probs}
+#   log_history: trainer.state.log_history · health: {verdict, reasons, advice}
+#   crosscheck: {student_loss, labkit_loss, trl_loss, abs_diff}
+# step4_report.json  kind="step4_report":
+#   generation_spec · prompts · outputs_before · outputs_after · changed: [bool]
+#   policy_sha256 · metrics: {changed_outputs, held_prompts, heldout_preference_accuracy,
+#     kl_mean, perplexity_before, perplexity_after, style_rate_before, style_rate_after}
