@@ -16,12 +16,39 @@ def _teaching_model(args) -> int:
     return 0
 
 
+def _run(args) -> int:
+    from .artifacts import run_dir
+    from .runner import run_lab
+
+    report = run_lab(run_dir(args.run_dir), model=args.model, cell_timeout=args.cell_timeout)
+    return 0 if report["passed"] else 1
+
+
+def _release(args) -> int:
+    from .release import release
+    from .runner import NOTEBOOKS_DIR
+
+    counts = release(Path(args.source or NOTEBOOKS_DIR), Path(args.out))
+    for name, n in counts.items():
+        print(f"{name}: {n} exercise(s) -> {Path(args.out) / name}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labkit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     tm = sub.add_parser("teaching-model", help="build (or rebuild) the offline teaching model")
     tm.add_argument("--out", help="output directory (default: the labkit cache)")
     tm.set_defaults(func=_teaching_model)
+    run = sub.add_parser("run", help="run the whole lab headless -> RUN_DIR/report.json")
+    run.add_argument("--model", help="gpt2 (default), teaching, a hub id or a local path")
+    run.add_argument("--run-dir", help="where artifacts go (default: $LABKIT_RUN_DIR or runs/default)")
+    run.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell")
+    run.set_defaults(func=_run)
+    rel = sub.add_parser("release", help="write the student version of the notebooks")
+    rel.add_argument("--out", required=True, help="output directory")
+    rel.add_argument("--source", help="solution notebooks (default: notebooks/)")
+    rel.set_defaults(func=_release)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,133 @@
+"""Run the whole lab headless: the four notebooks in order, each in a fresh kernel.
+
+This is what `make run` and CI do, and what a student's notebooks do by hand: same cells,
+same artifacts, same checks. Executed copies are kept in the run directory for reading.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import nbformat
+
+from . import artifacts
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def notebook_paths(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
+    paths = sorted(Path(notebooks_dir).glob("0[1-4]_*.ipynb"))
+    if len(paths) != 4:
+        raise FileNotFoundError(f"expected the 4 lab notebooks in {notebooks_dir}, found "
+                                f"{[p.name for p in paths]}")
+    return paths
+
+
+def execute_notebook(path: Path, out_path: Path, cell_timeout: int) -> str | None:
+    """Execute in a fresh kernel (cwd = the notebook's folder); save the executed copy.
+    Returns None on success, else a one-line reason."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    error = None
+    try:
+        client.execute()
+    except CellTimeoutError:
+        error = f"a cell ran longer than {cell_timeout} s"
+    except CellExecutionError as exc:
+        error = _last_line(exc)
+    finally:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, out_path)
+    return error
+
+
+def _last_line(exc: Exception) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "Exception" in line]
+    return (errors or lines or ["error"])[-1].strip()[:300]
+
+
+def key_figure(step: int, run_dir: Path) -> str:
+    """One number per step that tells a reader whether it worked."""
+    try:
+        if step == 1:
+            data = artifacts.load_json(run_dir / artifacts.STEP1_BASELINE)
+            return f"{len(data['prompts'])} held prompts, model {data['model']['resolved']}"
+        if step == 2:
+            return f"{artifacts.load_json(run_dir / artifacts.STEP2_META)['n_pairs']} pairs"
+        if step == 3:
+            data = artifacts.load_json(run_dir / artifacts.STEP3_TRAINING)
+            losses = [e["loss"] for e in data["log_history"] if "loss" in e]
+            return f"{data['health']['verdict']}, loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+        m = artifacts.load_json(run_dir / artifacts.STEP4_REPORT)["metrics"]
+        text = f"{m['changed_outputs']}/{m['held_prompts']} held outputs changed"
+        if m.get("style_rate_before") is not None:
+            text += f", plain style {m['style_rate_before']:.2f} -> {m['style_rate_after']:.2f}"
+        return text
+    except (artifacts.ArtifactError, KeyError, IndexError, TypeError) as exc:
+        return f"(no artifact: {exc})"[:80]
+
+
+def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
+            notebooks_dir: Path = NOTEBOOKS_DIR) -> dict:
+    """Execute the four notebooks, grade each step, write `run_dir/report.json`."""
+    from grading import checks
+
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["LABKIT_RUN_DIR"] = str(run_dir)
+    if model:
+        os.environ["LABKIT_MODEL"] = model
+    steps, start = [], time.perf_counter()
+    for step, path in enumerate(notebook_paths(notebooks_dir), start=1):
+        print(f"[{step}/4] {path.name} ...", flush=True)
+        began = time.perf_counter()
+        error = execute_notebook(path, run_dir / "executed" / path.name, cell_timeout)
+        seconds = time.perf_counter() - began
+        result = checks.CHECKS[step](run_dir)
+        steps.append({"step": step, "notebook": path.name, "passed": bool(result.passed),
+                      "score": result.score, "max_score": result.max_score,
+                      "seconds": round(seconds, 1), "error": error,
+                      "key_figure": key_figure(step, run_dir)})
+        print(f"      {'PASS' if result.passed else 'FAIL'} {result.score}/{result.max_score} "
+              f"in {seconds:.1f} s - {steps[-1]['key_figure']}"
+              + (f"\n      error: {error}" if error else ""), flush=True)
+    report = _report(run_dir, steps, time.perf_counter() - start)
+    artifacts.save_json(run_dir / "report.json", report, kind="lab_report")
+    print_summary(report)
+    return report
+
+
+def _report(run_dir: Path, steps: list[dict], seconds: float) -> dict:
+    model, metrics = {}, None
+    try:
+        info = artifacts.load_json(run_dir / artifacts.STEP1_BASELINE)["model"]
+        model = {k: info[k] for k in ("requested", "resolved", "fell_back", "reason", "device")}
+    except artifacts.ArtifactError:
+        pass
+    try:
+        metrics = artifacts.load_json(run_dir / artifacts.STEP4_REPORT)["metrics"]
+    except artifacts.ArtifactError:
+        pass
+    return {"model": model, "steps": steps, "metrics": metrics, "total_seconds": round(seconds, 1),
+            "passed": all(s["passed"] for s in steps)}
+
+
+def print_summary(report: dict) -> None:
+    print("\nstep  check  score   seconds  key figure")
+    for s in report["steps"]:
+        print(f"{s['step']:>4}  {'PASS' if s['passed'] else 'FAIL':<5}  "
+              f"{s['score']:>2}/{s['max_score']:<3} {s['seconds']:>8.1f}  {s['key_figure']}")
+    model = report["model"]
+    if model:
+        note = " (offline fallback)" if model.get("fell_back") else ""
+        print(f"model: {model.get('resolved')}{note}")
+    print(f"total: {report['total_seconds']:.1f} s - "
+          f"{'all four checks pass' if report['passed'] else 'some checks FAILED'}")
+    print(json.dumps(report["metrics"], indent=1) if report["metrics"] else "no step-4 metrics")
