@@ -169,3 +169,37 @@ def gpt2(gpt2_dir):
     from labkit.models import load_model
 
     return load_model(str(gpt2_dir), quiet=True)
+
+
+@dataclass(frozen=True)
+class LabRun:
+    run_dir: Path
+    report: dict
+    seconds: float
+    stdout: str
+
+
+def run_lab_cli(run_dir: Path, model: str, timeout: int = 900):
+    """`python -m labkit run` in a subprocess, exactly as `make run` calls it."""
+    import subprocess
+    import sys
+
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "labkit", "run", "--model", model,
+                           "--run-dir", str(run_dir)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return proc, time.perf_counter() - start
+
+
+@pytest.fixture(scope="session")
+def lab_run(tmp_path_factory, teaching_dir) -> LabRun:
+    """The whole lab, headless, on the teaching model: one shared run of the real CLI.
+    Tests must not modify `run_dir`: copy it first."""
+    import json
+
+    run_dir = tmp_path_factory.mktemp("lab-run") / "run"
+    proc, seconds = run_lab_cli(run_dir, "teaching")
+    assert proc.returncode == 0, f"labkit run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    report = json.loads((run_dir / "report.json").read_text())
+    record_figure("whole lab, teaching model", f"{seconds:.1f} s wall")
+    return LabRun(run_dir, report, seconds, proc.stdout)

@@ -1,0 +1,110 @@
+"""The points table: every graded item of steps 1-4 in one place.
+
+Checks (grading.checks) and the auto-grader look points and descriptions up here, so the
+rubric an instructor reads is exactly the one that is scored. Items marked `integrity` are
+recomputations only the auto-grader runs (they need the notebook file, the grader's own copy
+of the base model, or regeneration); `grading.check(N)` in a notebook lists them but does
+not score them. Each step is worth 25 points in the auto-grader, 100 in all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Item:
+    step: int
+    name: str
+    points: float
+    description: str
+    integrity: bool = False
+
+
+RUBRIC: tuple[Item, ...] = (
+    # Step 1: the baseline, captured before any training
+    Item(1, "baseline_saved", 5, "step1_baseline.json exists and is a readable step-1 artifact"),
+    Item(1, "model_and_spec", 5, "it records the model that made it and a valid GenerationSpec"),
+    Item(1, "held_prompts", 5, "at least 4 held prompts, each with its kind (theme/far)"),
+    Item(1, "outputs", 5, "one non-empty output per prompt"),
+    Item(1, "baseline_reproduces", 5, "the base model regenerates exactly these outputs "
+         "with the recorded GenerationSpec", integrity=True),
+    # Step 2: preference pairs
+    Item(2, "pairs_saved", 5, "step2_preferences.jsonl and step2_meta.json exist and agree "
+         "(pair count, sha256 of the JSONL)"),
+    Item(2, "pairs_valid", 10, "at least 8 valid pairs: every field a non-empty string, "
+         "chosen differs from rejected, no duplicates"),
+    Item(2, "no_heldout_leak", 10, "no pair uses one of the step-1 held prompts"),
+    # Step 3: DPO training with TRL
+    Item(3, "trained", 4, "a DPOTrainer run was saved and logged at least 3 training steps"),
+    Item(3, "finite_losses", 3, "every logged loss is a finite number"),
+    Item(3, "health", 4, "the training-health verdict (recomputed from log_history) is neither "
+         "no_learning nor diverged"),
+    Item(3, "policy_changed", 4, "the saved policy's weights match their recorded sha256 and "
+         "differ from the base model's"),
+    Item(3, "crosscheck", 4, "your compute_dpo_loss agrees with TRL's first logged loss "
+         "(|difference| < 1e-4)"),
+    Item(3, "log_consistent", 3, "the log matches the saved config and data: steps = "
+         "ceil(pairs / batch) x epochs, learning_rate > 0, trained on the step-2 pairs, "
+         "starting from the grader's base model", integrity=True),
+    Item(3, "student_loss", 3, "compute_dpo_loss, taken from notebook 3 alone, equals "
+         "labkit.dpo.dpo_loss on random tensors", integrity=True),
+    # Step 4: before / after
+    Item(4, "same_prompts_spec", 5, "outputs before/after come from the step-1 prompts, "
+         "outputs and GenerationSpec, unchanged"),
+    Item(4, "same_policy", 4, "the report names the step-3 policy (same weights sha256)"),
+    Item(4, "outputs_changed", 4, "at least one output changed after training"),
+    Item(4, "metrics", 5, "the report holds every metric, each a finite number"),
+    Item(4, "outputs_reproduce", 7, "the saved policy regenerates exactly the reported "
+         "outputs_after with the step-1 GenerationSpec", integrity=True),
+)
+
+STEP_TITLES = {1: "Baseline", 2: "Preference pairs", 3: "DPO training", 4: "Before and after"}
+
+NOTEBOOKS = {1: "01_baseline.ipynb", 2: "02_preferences.ipynb", 3: "03_train_dpo.ipynb",
+             4: "04_before_after.ipynb"}
+
+# What to do when a step's artifact is missing: which notebook, which cells.
+NOT_DONE_HINTS = {
+    1: "Open notebooks/01_baseline.ipynb, finish its exercises and run every cell top to "
+       "bottom (Kernel > Restart & Run All); the cell that saves the baseline writes "
+       "step1_baseline.json.",
+    2: "Open notebooks/02_preferences.ipynb, write your preference pairs (the exercise cells) "
+       "and run every cell; the cell that saves them writes step2_preferences.jsonl and "
+       "step2_meta.json.",
+    3: "Open notebooks/03_train_dpo.ipynb, write compute_dpo_loss, the DPOConfig/DPOTrainer "
+       "cell and trainer.train(), then run every cell; the last cells save step3_policy/ and "
+       "step3_training.json.",
+    4: "Open notebooks/04_before_after.ipynb and run every cell; it regenerates the step-1 "
+       "prompts with the trained policy and writes step4_report.json.",
+}
+
+METRIC_KEYS = ("changed_outputs", "held_prompts", "heldout_preference_accuracy", "kl_mean",
+               "perplexity_before", "perplexity_after", "style_rate_before", "style_rate_after")
+
+
+def items_for(step: int, integrity: bool | None = None) -> list[Item]:
+    """The step's items; `integrity` True/False selects only those / only the others."""
+    if step not in STEP_TITLES:
+        raise ValueError(f"there are steps 1-4, not {step!r}")
+    return [i for i in RUBRIC if i.step == step and (integrity is None or i.integrity == integrity)]
+
+
+def item(step: int, name: str) -> Item:
+    for candidate in RUBRIC:
+        if candidate.step == step and candidate.name == name:
+            return candidate
+    raise KeyError(f"no rubric item {name!r} in step {step}")
+
+
+def max_points(step: int | None = None, integrity: bool | None = None) -> float:
+    steps = [step] if step else list(STEP_TITLES)
+    return sum(i.points for s in steps for i in items_for(s, integrity))
+
+
+def as_markdown() -> str:
+    """The rubric as a Markdown table (README, feedback)."""
+    lines = ["| step | item | points | graded by | what it checks |", "|---|---|---|---|---|"]
+    for i in RUBRIC:
+        who = "auto-grader" if i.integrity else "notebook + auto-grader"
+        lines.append(f"| {i.step} | {i.name} | {i.points:g} | {who} | {i.description} |")
+    return "\n".join(lines)
