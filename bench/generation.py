@@ -25,14 +25,17 @@ def measure(model, tokenizer, prompts, reps: int, spec=None, log=print) -> dict:
     runs = interleave({"batched": lambda: generate(model, tokenizer, prompts, batched_spec),
                        "one_by_one": lambda: generate(model, tokenizer, prompts, single_spec)},
                       reps, log)
-    outputs = {name: [out for _, out in r] for name, r in runs.items()}
+    outputs = {name: [out for _, _, out in r] for name, r in runs.items()}
     identical = all(o == outputs["batched"][0] for o in outputs["batched"] + outputs["one_by_one"])
     mismatched = [i for i, (a, b) in enumerate(zip(outputs["batched"][0],
                                                    outputs["one_by_one"][0])) if a != b]
-    batched = summary(s for s, _ in runs["batched"])
-    single = summary(s for s, _ in runs["one_by_one"])
+    batched = summary(wall for wall, _, _ in runs["batched"])
+    single = summary(wall for wall, _, _ in runs["one_by_one"])
+    cpu = {name: summary(c for _, c, _ in r) for name, r in runs.items()}
     return {"prompts": len(prompts), "max_new_tokens": spec.max_new_tokens,
             "batched_seconds": batched, "one_by_one_seconds": single,
             "speedup": ratio(single["median"], batched["median"]),
+            "cpu_seconds": cpu, "cpu_speedup": ratio(cpu["one_by_one"]["median"],
+                                                     cpu["batched"]["median"]),
             "outputs_identical": identical, "mismatched_prompts": mismatched,
             "sample_output": outputs["batched"][0][0][:80]}

@@ -14,8 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .gpt2_train import MODES
-from .stats import median, ratio, summary
+from .gpt2_train import MODES, labkit_cache
+from .stats import load_average, median, ratio, summary
 
 MARKER = "BENCH_RESULT "
 REPO = Path(__file__).resolve().parent.parent
@@ -25,8 +25,7 @@ def model_dir() -> Path:
     """The random GPT-2 is built once (seconds) and cached beside labkit's other models."""
     from labkit.gpt2_shaped import build_random_gpt2
 
-    root = Path(os.environ.get("LABKIT_CACHE") or Path.home() / ".cache" / "labkit")
-    return build_random_gpt2(root / "bench-gpt2-random-124m")
+    return build_random_gpt2(labkit_cache() / "bench-gpt2-random-124m")
 
 
 def run_worker(path: Path, mode: str, epochs: int | None = None, timeout: float = 900) -> dict:
@@ -50,12 +49,15 @@ def measure(reps: int, quick: bool = False, log=print) -> dict:
     for rep in range(reps):
         for mode in MODES:
             result = run_worker(path, mode, epochs)
+            result["load_average"] = load_average()
             runs[mode].append(result)
             log(f"  rep {rep + 1}/{reps} {mode}: {result['seconds']:.1f} s "
-                f"(train {result['train_seconds']:.1f} s), peak RSS {result['peak_rss_mb']:.0f} MB")
+                f"(train {result['train_seconds']:.1f} s, CPU {result['cpu_seconds']:.1f} s), "
+                f"peak RSS {result['peak_rss_mb']:.0f} MB, load {result['load_average']}")
     modes = {mode: {"seconds": summary(r["seconds"] for r in rs),
                     "construct_seconds": summary(r["construct_seconds"] for r in rs),
                     "train_seconds": summary(r["train_seconds"] for r in rs),
+                    "cpu_seconds": summary(r["cpu_seconds"] for r in rs),
                     "peak_rss_mb": summary(r["peak_rss_mb"] for r in rs),
                     "load_seconds": median(r["load_seconds"] for r in rs),
                     "first_loss": rs[0]["first_loss"], "final_loss": rs[0]["final_loss"],

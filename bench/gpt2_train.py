@@ -18,13 +18,20 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import resource
 import sys
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 MODES = ("deepcopy", "precompute")
+
+
+def labkit_cache() -> Path:
+    """labkit's cache folder (`LABKIT_CACHE`, default ~/.cache/labkit), as labkit reads it."""
+    return Path(os.environ.get("LABKIT_CACHE") or Path.home() / ".cache" / "labkit")
 
 
 def make_pairs(n: int) -> list[dict]:
@@ -61,7 +68,7 @@ def train_once(model, tokenizer, device: str, mode: str, pairs: int = 8, epochs:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         trainer = DPOTrainer(model=model, args=dpo_config(preset, out, use_bf16(device), **changes),
                              ref_model=copy.deepcopy(model) if mode == "deepcopy" else None,
                              train_dataset=dataset, processing_class=tokenizer)
@@ -69,7 +76,7 @@ def train_once(model, tokenizer, device: str, mode: str, pairs: int = 8, epochs:
         trainer.train()
         if cuda:
             torch.cuda.synchronize()
-        end = time.perf_counter()
+        end, cpu_end = time.perf_counter(), time.process_time()
     steps = [e for e in trainer.state.log_history if "loss" in e]
     result = {"mode": mode, "pairs": pairs, "steps": len(steps),
               "epochs": changes.get("num_train_epochs", preset.num_train_epochs),
@@ -78,6 +85,9 @@ def train_once(model, tokenizer, device: str, mode: str, pairs: int = 8, epochs:
               "max_length": changes.get("max_length", preset.max_length),
               "seconds": end - start, "construct_seconds": built - start,
               "train_seconds": end - built,
+              # CPU seconds of all this process's threads: on a shared machine, the figure
+              # that does not depend on what else is running
+              "cpu_seconds": cpu_end - cpu_start,
               "num_tokens": int(steps[-1]["num_tokens"]) if steps else 0,
               "first_loss": steps[0]["loss"] if steps else None,
               "final_loss": steps[-1]["loss"] if steps else None,
@@ -99,14 +109,22 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=MODES, required=True)
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--epochs", type=int)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from labkit.models import load_model
 
     load_start = time.perf_counter()
     model, tokenizer, info = load_model(args.model_dir, quiet=True)
     load_seconds = time.perf_counter() - load_start
     result = train_once(model, tokenizer, info.device, args.mode, args.pairs, args.epochs)
+    import torch
+
     result.update(load_seconds=load_seconds, n_parameters=info.n_parameters,
+                  torch_threads=torch.get_num_threads(),
                   peak_rss_mb=peak_rss_mb())
     print("BENCH_RESULT " + json.dumps(result), flush=True)
     return 0

@@ -7,13 +7,14 @@ neither. Each timing covers load + trainer construction + train (+ diagnosis for
 from __future__ import annotations
 
 from . import recipes
-from .stats import interleave, ratio, summary
+from .stats import interleave, load_average, ratio, summary
 
 
 def _reps_summary(runs) -> dict:
-    out = summary(seconds for seconds, _ in runs)
-    out["final_loss"] = [r.final_loss for _, r in runs]
-    verdicts = [r.verdict for _, r in runs if r.verdict]
+    out = summary(wall for wall, _, _ in runs)
+    out["cpu_seconds"] = summary(cpu for _, cpu, _ in runs)
+    out["final_loss"] = [r.final_loss for _, _, r in runs]
+    verdicts = [r.verdict for _, _, r in runs if r.verdict]
     if verdicts:
         out["verdicts"] = verdicts
     return out
@@ -34,6 +35,9 @@ def measure(reps: int, quick: bool = False, log=print) -> dict:
     result = {name: _reps_summary(r) for name, r in runs.items()}
     labkit, bare = result["labkit"]["median"], result["bare_trl"]["median"]
     result["ratio"] = ratio(labkit, bare)
+    result["cpu_ratio"] = ratio(result["labkit"]["cpu_seconds"]["median"],
+                                result["bare_trl"]["cpu_seconds"]["median"])
+    result["load_average"] = load_average()
     result["same_losses"] = result["labkit"]["final_loss"] == result["bare_trl"]["final_loss"]
     result["epochs"] = epochs or "preset"
     if factory is None:

@@ -6,6 +6,7 @@ figure is the median of >= 3 repetitions, and competing variants run interleaved
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Callable
@@ -29,20 +30,30 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def timed(fn: Callable, *args, **kwargs) -> tuple[float, object]:
-    """(wall seconds, result) of one call."""
-    start = time.perf_counter()
+def timed(fn: Callable, *args, **kwargs) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds of this process's threads, result) of one call. CPU time
+    does not grow when other jobs compete for the cores, so it backs up a noisy wall time."""
+    wall, cpu = time.perf_counter(), time.process_time()
     result = fn(*args, **kwargs)
-    return time.perf_counter() - start, result
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def load_average() -> float | None:
+    """1-minute load average: above the core count, wall timings are inflated by others."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def interleave(variants: dict[str, Callable[[], object]], reps: int,
                log: Callable[[str], None] = print) -> dict[str, list]:
-    """Run each variant `reps` times, round-robin, -> {name: [(seconds, result), ...]}."""
+    """Run each variant `reps` times, round-robin -> {name: [(wall, cpu, result), ...]}."""
     runs: dict[str, list] = {name: [] for name in variants}
     for rep in range(reps):
         for name, fn in variants.items():
-            seconds, result = timed(fn)
-            runs[name].append((seconds, result))
-            log(f"  rep {rep + 1}/{reps} {name}: {seconds:.2f} s")
+            wall, cpu, result = timed(fn)
+            runs[name].append((wall, cpu, result))
+            log(f"  rep {rep + 1}/{reps} {name}: {wall:.2f} s (CPU {cpu:.2f} s, "
+                f"load {load_average()})")
     return runs

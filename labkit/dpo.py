@@ -28,28 +28,39 @@ def _completion_start(prompt_ids: list[int], full_ids: list[int]) -> int:
 
 @torch.no_grad()
 def sequence_logps(model, tokenizer, prompts, completions, add_eos: bool = True,
-                   batch_size: int = 8) -> torch.Tensor:
+                   batch_size: int = 8, *, paired_with=None) -> torch.Tensor:
     """Summed log-probability of each completion given its prompt: Σ_t log π(y_t | x, y_<t)
     over completion tokens only. Tokenized the way TRL 1.x does: EOS appended to a completion
     that lacks it, `prompt` and `prompt + completion` tokenized separately (plain string
     concatenation), the completion starting at their longest common token prefix.
+    `paired_with`: the other completion of each pair (rejected when scoring chosen): TRL
+    starts both at the shorter of the pair's two prefixes, which differs only when the prompt
+    ends mid-token (e.g. in a space) and just one of them merges with it.
     Returns a float32 tensor of shape (n,)."""
     prompts, completions = list(prompts), list(completions)
-    if len(prompts) != len(completions):
-        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    others = [None] * len(completions) if paired_with is None else list(paired_with)
+    if not len(prompts) == len(completions) == len(others):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions "
+                         f"and {len(others)} paired completions")
     eos = tokenizer.eos_token
     rows = []
-    for prompt, completion in zip(prompts, completions):
-        if add_eos and not completion.endswith(eos):
-            completion = completion + eos
+    for prompt, completion, other in zip(prompts, completions, others):
         prompt_ids = tokenizer(prompt)["input_ids"]
-        full_ids = tokenizer(prompt + completion)["input_ids"]
-        rows.append((full_ids, _completion_start(prompt_ids, full_ids)))
+        full_ids = tokenizer(prompt + _with_eos(completion, eos, add_eos))["input_ids"]
+        start = _completion_start(prompt_ids, full_ids)
+        if other is not None:
+            other_ids = tokenizer(prompt + _with_eos(other, eos, add_eos))["input_ids"]
+            start = min(start, _completion_start(prompt_ids, other_ids))
+        rows.append((full_ids, start))
     out = []
     for start in range(0, len(rows), batch_size):
         out.append(_batch_logps(model, rows[start:start + batch_size],
                                 tokenizer.pad_token_id or 0))
     return torch.cat(out)
+
+
+def _with_eos(completion: str, eos: str, add_eos: bool) -> str:
+    return completion + eos if add_eos and not completion.endswith(eos) else completion
 
 
 def _batch_logps(model, rows, pad_id: int) -> torch.Tensor:
@@ -153,8 +164,10 @@ def crosscheck_with_trl(trainer, n_pairs: int | None = None, loss_fn=dpo_loss) -
     else:
         prompts, chosen, rejected = ([tok.decode(ids) for ids in raw[f"{k}_ids"]]
                                      for k in ("prompt", "chosen", "rejected"))
-    ref_c, ref_r = (sequence_logps(ref, tok, prompts, c) for c in (chosen, rejected))
-    pol_c, pol_r = (sequence_logps(policy, tok, prompts, c) for c in (chosen, rejected))
+    ref_c, ref_r = (sequence_logps(ref, tok, prompts, c, paired_with=o)
+                    for c, o in ((chosen, rejected), (rejected, chosen)))
+    pol_c, pol_r = (sequence_logps(policy, tok, prompts, c, paired_with=o)
+                    for c, o in ((chosen, rejected), (rejected, chosen)))
     first = next(e for e in trainer.state.log_history if "loss" in e)
     loss0, c0, r0 = loss_fn(ref_c, ref_r, ref_c, ref_r, beta=beta)
     loss1, c1, r1 = loss_fn(pol_c, pol_r, ref_c, ref_r, beta=beta)
@@ -178,15 +191,18 @@ def _trl_eval_loss(trainer, tokenized_rows):
     batch = trainer.data_collator([tokenized_rows[i] for i in range(len(tokenized_rows))])
     device = next(trainer.model.parameters()).device
     batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    metrics = trainer._metrics["eval"]
+    before = {key: len(values) for key, values in metrics.items()}
     was_training = trainer.model.training
     trainer.model.eval()
     try:
         loss = trainer.compute_loss(trainer.model, batch)
     finally:
         trainer.model.train(was_training)
-    metrics = trainer._metrics["eval"]
-    chosen, rejected = metrics["rewards/chosen"].pop(), metrics["rewards/rejected"].pop()
-    for values in metrics.values():  # leave TRL's eval metrics as they were
-        if isinstance(values, list) and values:
-            values.pop()
+    chosen, rejected = metrics["rewards/chosen"][-1], metrics["rewards/rejected"][-1]
+    for key in list(metrics):  # leave TRL's eval metrics as they were
+        if key not in before:
+            del metrics[key]
+        else:
+            del metrics[key][before[key]:]
     return float(loss), chosen, rejected

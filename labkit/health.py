@@ -103,17 +103,21 @@ def _no_learning_reasons(entries, losses) -> list[str]:
 
 
 def _over_optimisation_reasons(entries, losses, beta) -> list[str]:
-    collapsed = next((i for i, v in enumerate(losses) if v < 0.05), None)
-    if collapsed is None or collapsed > 0.35 * len(losses):
-        return []
+    """Loss collapsed early while the policy kept running from the reference, or the
+    runaway is so extreme (hundreds of nats) that its timing no longer matters."""
     margins = _series(entries, "rewards/margins")
     rejected = _series(entries, "logps/rejected")
-    runaway = []
+    runaway, extreme = [], False
     if beta and margins and margins[-1] / beta > 150:
         runaway.append(f"the final margin is {margins[-1] / beta:.0f} nats of log-ratio")
+        extreme = margins[-1] / beta > 400
     if len(rejected) >= 2 and rejected[0] < 0 and rejected[-1] / rejected[0] > 4:
         runaway.append(f"rejected log-probs fell from {rejected[0]:.1f} to {rejected[-1]:.1f}")
-    if not runaway or not margins or margins[-1] <= margins[collapsed]:
+        extreme = extreme or rejected[-1] / rejected[0] > 20
+    collapsed = next((i for i, v in enumerate(losses) if v < 0.05), None)
+    if not runaway or collapsed is None or not margins or margins[-1] <= margins[collapsed]:
+        return []
+    if collapsed > 0.35 * len(losses) and not extreme:
         return []
     return [f"loss fell below 0.05 at logged step {collapsed + 1} of {len(losses)}",
             f"margins kept growing after that ({margins[collapsed]:.2f} -> {margins[-1]:.2f})",

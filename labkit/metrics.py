@@ -85,10 +85,20 @@ def _log_probs(model, ids):
 
 @torch.no_grad()
 def perplexity(model, tokenizer, text: str) -> float:
-    """exp(mean token negative log-likelihood) of `text`: how surprised the model is."""
+    """exp(mean token negative log-likelihood) of `text`: how surprised the model is.
+    A text longer than the model's context is scored in overlapping windows (each token
+    once, with up to half a window of context), instead of overflowing the positions."""
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
     if ids.shape[1] < 2:
         raise ValueError("perplexity needs a text of at least two tokens")
-    logp = _log_probs(model, ids)
-    nll = -logp.gather(-1, ids[0, 1:].unsqueeze(-1)).mean()
-    return math.exp(float(nll))
+    length = ids.shape[1]
+    window = getattr(model.config, "n_positions", None) or \
+        getattr(model.config, "max_position_embeddings", None) or length
+    nll, scored, begin = 0.0, 1, 0  # token 0 has no context: never scored
+    while scored < length:
+        chunk = ids[:, begin:begin + window]
+        token_logps = _log_probs(model, chunk).gather(-1, chunk[0, 1:].unsqueeze(-1))
+        nll -= float(token_logps[scored - begin - 1:].sum())  # only tokens not yet scored
+        scored = begin + chunk.shape[1]
+        begin = max(begin + 1, scored - window // 2)
+    return math.exp(nll / (length - 1))

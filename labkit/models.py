@@ -100,6 +100,12 @@ def _load_from(source: str, device: str, dtype, local_only: bool):
     return model.to(device).eval(), tokenizer
 
 
+def _looks_like_path(name: str) -> bool:
+    """A hub id is 'name' or 'owner/name'; anything else with a path shape is a path."""
+    return (Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+            or "\\" in name)
+
+
 def _try_load(name: str, device: str, dtype):
     """Local files first (a directory or the HF cache), then the hub if it answers.
     Returns (model, tokenizer, None) or (None, None, reason)."""
@@ -109,6 +115,8 @@ def _try_load(name: str, device: str, dtype):
         local_error = exc
     if Path(name).exists():
         return None, None, f"could not load the local directory {name!r}: {local_error}"
+    if _looks_like_path(name):  # not a hub id: say so, rather than blame the cache/hub
+        return None, None, f"the local directory {name!r} does not exist"
     if not hub_reachable():
         return None, None, (f"{name!r} is not in the local Hugging Face cache and the hub "
                             f"({HUB_HOST}) cannot be reached")

@@ -1,0 +1,214 @@
+"""`python -m grading SUBMISSION... --out DIR`: grade a class's submissions.
+
+A submission is a folder with the four notebooks, one notebook (graded alone; its earlier
+steps come from the reference solution), or, with --no-execute, a run directory. Each is
+executed in its own sandbox (grading.autograde) and graded in the grader's process; the
+results go to DIR/<name>/results.json (Gradescope format) and feedback.md, and a line of
+DIR/gradebook.csv. A broken submission is graded, never stops the batch. Exit status: 0 when
+grading ran, 2 when the grader itself could not run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from . import rubric
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m grading", description=__doc__.split("\n")[0])
+    parser.add_argument("submissions", nargs="+", type=Path, metavar="SUBMISSION")
+    parser.add_argument("--out", required=True, type=Path, help="where results go")
+    parser.add_argument("--jobs", type=int, default=1, help="submissions graded in parallel")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="seconds for one submission's notebooks, all together")
+    parser.add_argument("--cell-timeout", type=float, default=300, help="seconds per cell")
+    parser.add_argument("--memory-gb", type=float, default=16,
+                        help="address-space limit of each kernel (torch reserves a lot)")
+    parser.add_argument("--no-execute", action="store_true",
+                        help="grade existing run directories without running notebooks")
+    parser.add_argument("--model", default=os.environ.get("LABKIT_MODEL") or "gpt2",
+                        help="the model the class uses (LABKIT_MODEL)")
+    parser.add_argument("--keep-work", type=Path, metavar="DIR",
+                        help="put the sandboxes (work folders, executed run directories) in "
+                             "DIR and keep them, for debugging")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.timeout <= 0 or args.cell_timeout <= 0:
+        parser.error("--jobs, --timeout and --cell-timeout must be positive")
+    return args
+
+
+def names_for(paths: list[Path]) -> list[str]:
+    """A unique, filesystem-safe folder name per submission."""
+    names, seen = [], {}
+    for path in paths:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem if path.suffix == ".ipynb"
+                      else path.name) or "submission"
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from . import autograde
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        info = autograde.base_model(args.model)[2]  # builds the teaching model once, up front
+    except Exception as exc:  # the grader cannot run at all
+        print(f"grading: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    opts = autograde.Options(
+        model=args.model, execute=not args.no_execute,
+        limits=autograde.Limits(args.cell_timeout, args.timeout, args.memory_gb),
+        hide=tuple(p.resolve().parent for p in args.submissions), keep_work=bool(args.keep_work))
+    print(f"grading {len(args.submissions)} submission(s) with {info.resolved!r}, "
+          f"{args.jobs} at a time; isolation: "
+          f"{'namespaces' if autograde.namespaces_work() else 'environment only'}",
+          file=sys.stderr)
+    start = time.monotonic()
+    rows = run_batch(args, opts)
+    write_gradebook(args.out / "gradebook.csv", rows)
+    print(f"graded {len(rows)} submission(s) in {time.monotonic() - start:.1f} s -> "
+          f"{args.out / 'gradebook.csv'}", file=sys.stderr)
+    return 0
+
+
+def run_batch(args, opts) -> list[dict]:
+    from . import autograde
+
+    subs = list(zip(args.submissions, names_for(args.submissions)))
+    if args.keep_work:
+        args.keep_work.mkdir(parents=True, exist_ok=True)
+    batch_root = Path(tempfile.mkdtemp(prefix="grading-", dir=args.keep_work)).resolve()
+    rows, total = [], len(subs)
+    try:
+        if args.jobs == 1:
+            for n, (path, name) in enumerate(subs, 1):
+                print(f"[{n}/{total}] start {name}", file=sys.stderr, flush=True)
+                rows.append(finish(args.out, name, path, n, total, lambda: autograde.
+                                   grade_submission(path, name, opts, batch_root, args.out)))
+            return rows
+        import multiprocessing
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {}
+            for n, (path, name) in enumerate(subs, 1):
+                print(f"[{n}/{total}] start {name}", file=sys.stderr, flush=True)
+                futures[pool.submit(autograde.grade_submission, path, name, opts, batch_root,
+                                    args.out)] = (n, path, name)
+            for future in as_completed(futures):
+                n, path, name = futures[future]
+                rows.append(finish(args.out, name, path, n, total, future.result))
+        return sorted(rows, key=lambda r: [name for _, name in subs].index(r["submission"]))
+    finally:
+        if args.keep_work:
+            print(f"sandboxes kept in {batch_root}", file=sys.stderr)
+        else:
+            import shutil
+
+            shutil.rmtree(batch_root, ignore_errors=True)
+
+
+def finish(out: Path, name: str, path: Path, n: int, total: int, get) -> dict:
+    """Write one submission's results; a grader failure on it becomes its result."""
+    try:
+        record = get()
+    except Exception as exc:  # noqa: BLE001 - keep the batch going, say why
+        record = {"name": name, "source": str(path), "steps": [], "runs": [],
+                  "notes": [f"the grader failed on this submission: {type(exc).__name__}: {exc}"],
+                  "isolation": "", "seconds": 0.0}
+    results = gradescope(record)
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (folder / "feedback.md").write_text(feedback(record), encoding="utf-8")
+    row = gradebook_row(record, results)
+    print(f"[{n}/{total}] done  {name}: {row['score']:g}/{row['max_score']:g} "
+          f"({record['seconds']:.1f} s){' - ' + row['problems'] if row['problems'] else ''}",
+          file=sys.stderr, flush=True)
+    return row
+
+
+def gradescope(record: dict) -> dict:
+    """Gradescope's results.json: one test per rubric item, plus the notebook runs."""
+    tests = []
+    for step in record["steps"]:
+        for n, item in enumerate(step["items"], 1):
+            tests.append({"name": f"Step {step['step']} ({step['title']}): {item['name']}",
+                          "number": f"{step['step']}.{n}", "score": item["earned"],
+                          "max_score": item["points"], "visibility": "visible",
+                          "status": "passed" if item["passed"] else "failed",
+                          "output": item["message"]})
+    for run in record["runs"]:
+        tests.append({"name": f"Run {run['notebook']}", "score": 0, "max_score": 0,
+                      "visibility": "visible",
+                      "status": "passed" if run["status"] == "ok" else "failed",
+                      "output": f"{run['status']}: {run['message'] or 'ran to the end'} "
+                                f"({run['seconds']:.1f} s)"})
+    graded = [s["step"] for s in record["steps"]] or [1, 2, 3, 4]
+    return {"score": sum(s["score"] for s in record["steps"]),
+            "max_score": sum(rubric.max_points(s) for s in graded),
+            "execution_time": round(record["seconds"], 1), "output": summary(record),
+            "visibility": "visible", "stdout_visibility": "hidden", "tests": tests}
+
+
+def summary(record: dict) -> str:
+    lines = [f"{s['title']}: {s['status']} ({s['score']:g}/{s['max_score']:g})"
+             for s in record["steps"]]
+    lines += [f"{r['notebook']}: {r['status']} {r['message']}".rstrip() for r in record["runs"]
+              if r["status"] != "ok"]
+    return "\n".join(lines + record["notes"])
+
+
+def feedback(record: dict) -> str:
+    lines = [f"# Feedback: {record['name']}", ""]
+    for step in record["steps"]:
+        lines += [f"## Step {step['step']} - {step['title']}: {step['status']} "
+                  f"({step['score']:g}/{step['max_score']:g})", "",
+                  "| | check | points | details |", "|---|---|---|---|"]
+        lines += [f"| {'pass' if i['passed'] else 'FAIL'} | {i['name']} | {i['earned']:g}/"
+                  f"{i['points']:g} | {i['message'].replace('|', chr(92) + '|')} |" for i in step["items"]]
+        lines += [""] + [f"Hint: {h}" for h in step["hints"]] + [""]
+    if record["runs"]:
+        lines += ["## Notebook runs", ""] + [
+            f"- {r['notebook']}: {r['status']} ({r['seconds']:.1f} s) {r['message']}".rstrip()
+            for r in record["runs"]] + [""]
+    if record["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in record["notes"]] + [""]
+    lines += [f"Isolation: {record['isolation'] or 'n/a'}", ""]
+    return "\n".join(lines)
+
+
+def gradebook_row(record: dict, results: dict) -> dict:
+    steps = {s["step"]: s["score"] for s in record["steps"]}
+    problems = [f"{r['notebook']}: {r['status']}" for r in record["runs"] if r["status"] != "ok"]
+    problems += [n for n in record["notes"] if n.startswith("the grader failed")]
+    return {"submission": record["name"], "score": results["score"],
+            "max_score": results["max_score"],
+            **{f"step{k}": steps.get(k, "") for k in range(1, 5)},
+            "seconds": round(record["seconds"], 1), "problems": "; ".join(problems),
+            "source": record["source"]}
+
+
+def write_gradebook(path: Path, rows: list[dict]) -> None:
+    fields = ["submission", "score", "max_score", "step1", "step2", "step3", "step4",
+              "seconds", "problems", "source"]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
