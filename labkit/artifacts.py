@@ -39,12 +39,11 @@ def run_dir(path: str | Path | None = None, create: bool = True) -> Path:
 
 
 def library_versions() -> dict:
-    import torch
-    import transformers
-    import trl
+    """Installed versions, read from package metadata: importing trl just to ask costs
+    seconds in every notebook."""
+    from importlib.metadata import version
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "trl": trl.__version__}
+    return {name: version(name) for name in ("torch", "transformers", "trl")}
 
 
 def atomic_write_text(path: Path, text: str) -> None:

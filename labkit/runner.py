@@ -33,7 +33,9 @@ def execute_notebook(path: Path, out_path: Path, cell_timeout: int) -> str | Non
 
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+                            resources={"metadata": {"path": str(path.parent)}},
+                            # ipykernel 7 warns about TCP transport on every start
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
     error = None
     try:
         client.execute()

@@ -46,15 +46,13 @@ def quiet_libraries() -> None:
 
 def environment_report(cfg: LabConfig) -> dict:
     import torch
-    import transformers
-    import trl
 
+    from .artifacts import library_versions
     from .models import pick_device
 
     device = pick_device(cfg.device)
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__,
+    return {"python": platform.python_version(), **library_versions(),
             "device": device + (f" ({gpu})" if gpu else ""), "model": cfg.model,
             "run_dir": str(cfg.run_dir), "seed": cfg.seed}
 
