@@ -4,6 +4,8 @@
     python -m bench --quick --skip-lab --skip-gpt2 --reps 1 --out /tmp/b.json   # smoke, seconds
     python -m bench --gpu-only           # CUDA part alone -> bench/results/gpu-<name>.json
 
+OMP_WAIT_POLICY defaults to PASSIVE here (see below); it is recorded in the results.
+
 A section that fails records its error and leaves its figures null: the other sections
 still run and the file is still written, so one broken piece never hides the rest.
 """
@@ -21,9 +23,16 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported anywhere
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Before torch loads OpenMP. With the default (spin-waiting) policy, two torch threads on
+# a shared 2-core machine spin against other jobs: the same 2 s training took 2 to 88 s.
+# PASSIVE measures the code, not the neighbours; on an idle machine both policies agree.
+# `OMP_WAIT_POLICY=ACTIVE python -m bench --tag omp-active` measures the default instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import DOCS_PATH, RESULTS_DIR, SCHEMA_VERSION, TARGETS, machine, report  # noqa: E402
 
+GPU_NOTE = ("GPU: random-weight GPT2Config() 124M in bf16 (labkit.models.load_model picks "
+            "bf16 on CUDA); each repetition reloads the model; one untimed warm-up run first.")
 NOTES = [
     "Training overhead: both variants pass ref_model=copy.deepcopy(model), so the ratio is "
     "labkit's plumbing (load_model, validate_pairs, preset, use_bf16, diagnose) alone.",
@@ -47,6 +56,8 @@ def parse_args(argv):
     p.add_argument("--gpu-only", action="store_true", help="only the CUDA section")
     p.add_argument("--gpu-peak-tflops", type=float, help="the card's dense bf16 peak, "
                    "when it is not in bench.gpu.PEAK_BF16")
+    p.add_argument("--tag", help="suffix for the results name, e.g. omp-passive when run "
+                   "with OMP_WAIT_POLICY=PASSIVE")
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/<machine>.json)")
     p.add_argument("--docs", type=Path, help="markdown to (re)write from the results dir "
                    "(default docs/benchmarks.md, only when --out is in bench/results)")
@@ -62,11 +73,12 @@ def skeleton(args, argv) -> dict:
             "gpt2_generation_batched_speedup", "gpt2_generation_outputs_identical",
             "gpt2_cpu_train_seconds", "gpt2_cpu_peak_rss_mb", "gpt2_precompute_speedup",
             "gpt2_faster_mode", "lab_seconds", "gpu")
-    return {"schema_version": SCHEMA_VERSION, "machine": machine.describe(),
+    return {"schema_version": SCHEMA_VERSION, "machine": machine.describe(args.tag),
             "versions": machine.versions(), "started_at": machine.now(), "finished_at": None,
             "command": " ".join(["python -m bench", *argv]), "quick": args.quick,
             "reps": args.reps, "targets": {k: list(v) for k, v in TARGETS.items()},
-            **{k: None for k in keys}, "sections": {}, "errors": {}, "notes": list(NOTES)}
+            **{k: None for k in keys}, "sections": {}, "errors": {},
+            "notes": [GPU_NOTE] if args.gpu_only else [*NOTES, GPU_NOTE]}
 
 
 @contextlib.contextmanager

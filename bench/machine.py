@@ -69,10 +69,19 @@ def versions() -> dict:
     return found
 
 
-def describe() -> dict:
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+
+
+def describe(tag: str | None = None) -> dict:
+    """The machine, plus the threading environment: on a shared CPU, OpenMP's spin-waiting
+    (OMP_WAIT_POLICY) changes timings several-fold, so it is part of the result's identity."""
+    import torch
+
     gpu = gpu_name()
-    return {"slug": machine_slug(gpu), "cpu": cpu_model(), "cores": usable_cores(),
-            "gpu": gpu, "platform": platform.platform()}
+    slug = machine_slug(gpu) + (f"-{_slug(tag)}" if tag else "")
+    return {"slug": slug, "cpu": cpu_model(), "cores": usable_cores(), "gpu": gpu,
+            "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
+            "thread_env": {k: os.environ.get(k) for k in THREAD_ENV}}
 
 
 def now() -> str:

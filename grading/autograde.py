@@ -95,11 +95,13 @@ class Sandbox:
         """argv, run inside the namespaces when they work, always under the limits."""
         limits = LIMITS_SCRIPT.format(mem_kb=int(self.limits.memory_gb * (1 << 20)),
                                       fsize_kb=int(self.limits.file_gb * (1 << 20)))
+        # if the grader dies, its kernels die with it (setpriv: util-linux, like unshare)
+        orphan_guard = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
         if not namespaces_work():
-            return ["bash", "-c", limits, "limits", *argv]
+            return [*orphan_guard, "bash", "-c", limits, "limits", *argv]
         script = self.root / "sandbox.sh"
         script.write_text(self.namespace_script() + limits, encoding="utf-8")
-        return [*UNSHARE, "bash", str(script), str(self.work), *argv]
+        return [*orphan_guard, *UNSHARE, "bash", str(script), str(self.work), *argv]
 
     def namespace_script(self) -> str:
         # of the repository only the packages: not the solution notebooks
@@ -211,7 +213,7 @@ def execute_notebook(box: Sandbox, path: Path, step: int, deadline: float,
     """Execute `path` (already inside box.work) in a fresh sandboxed kernel, stopping at
     the first error, a cell time-out or the submission's deadline."""
     import nbformat
-    from jupyter_client import KernelManager
+    from jupyter_client import AsyncKernelManager
     from jupyter_client.kernelspec import KernelSpecManager
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
@@ -230,12 +232,14 @@ def execute_notebook(box: Sandbox, path: Path, step: int, deadline: float,
     argv = box.wrap([sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"])
     kernel_json.write_text(__import__("json").dumps({"argv": argv, "language": "python",
                                                      "display_name": "grader"}))
-    km = KernelManager(kernel_name="grader", transport="ipc", ip=str(ipc / f"k{step}"),
+    km = AsyncKernelManager(kernel_name="grader", transport="ipc", ip=str(ipc / f"k{step}"),
                        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_json.parents[1])]))
     km.connection_file = str(box.root / f"kernel-{step}.json")
-    hit_deadline = []
+    hit_deadline, kernel = [], []
 
     def cell_timeout(cell) -> int:
+        if not kernel and getattr(km, "provisioner", None) is not None:
+            kernel.append(km.provisioner.process)  # to be sure it is gone at the end
         left = deadline - time.monotonic()
         if left < box.limits.cell_timeout:
             hit_deadline.append(True)
@@ -261,7 +265,9 @@ def execute_notebook(box: Sandbox, path: Path, step: int, deadline: float,
             run = NotebookRun(step, path.name, "error", f"could not run: {type(exc).__name__}: "
                               f"{str(exc)[:300]}")
         finally:
-            _stop(km)
+            for process in kernel:
+                if process is not None and process.poll() is None:
+                    _kill_group(process)
     run.seconds = time.monotonic() - start
     if save_to is not None:
         save_to.mkdir(parents=True, exist_ok=True)
@@ -279,16 +285,6 @@ def _where(nb) -> str:
 def _error_line(exc) -> str:
     ename, evalue = getattr(exc, "ename", ""), getattr(exc, "evalue", "")
     return f"{ename}: {evalue}"[:400] if ename else str(exc).strip().splitlines()[-1][:400]
-
-
-def _stop(km) -> None:
-    try:
-        if km.has_kernel:
-            km.shutdown_kernel(now=True)
-    except Exception:  # already gone
-        pass
-    if getattr(km, "provisioner", None) is not None and km.provisioner.process is not None:
-        _kill_group(km.provisioner.process)
 
 
 

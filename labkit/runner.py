@@ -84,6 +84,7 @@ def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     os.environ["LABKIT_RUN_DIR"] = str(run_dir)
+    os.environ["LABKIT_STATIC_WIDGETS"] = "1"  # no browser: the explorer saves as HTML
     if model:
         os.environ["LABKIT_MODEL"] = model
     steps, start = [], time.perf_counter()

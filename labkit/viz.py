@@ -1,9 +1,11 @@
 """Plots and the before/after explorer the notebooks show.
 
-Every plot is built on a bare `matplotlib.figure.Figure` and returned, never shown: no
-pyplot state, so nothing opens a window, nothing leaks between calls, a notebook displays
-the figure once (the returned value), and rendering goes through Agg, which needs no
-display - headless CI, the grader and `python -m labkit run` draw the same figures.
+Every plot is a bare `matplotlib.figure.Figure` (no pyplot), returned and never shown:
+nothing opens a window, nothing leaks between calls, and it renders through Agg, which
+needs no display, so headless CI, the grader and `python -m labkit run` draw the same
+figures. A notebook shows it once, as the cell's value, through `_repr_png_`: a bare
+Figure otherwise shows as "<Figure size ...>" text in a kernel where pyplot's inline
+backend has not been loaded yet (seen with nbclient).
 
 The explorer uses ipywidgets only where a live Jupyter frontend can render them. In CI, in
 the grader's kernels and in exported notebooks a widget is a dead "VBox(...)" line, so
@@ -12,6 +14,7 @@ there it falls back to static HTML that shows every prompt with both outputs.
 from __future__ import annotations
 
 import html
+import io
 import math
 import os
 
@@ -30,8 +33,17 @@ PANE_STYLE = ("flex:1;min-width:0;border:1px solid #ccc;border-radius:4px;paddin
               "white-space:pre-wrap;font-family:monospace;font-size:90%")
 
 
+class LabFigure(Figure):
+    """A Figure that displays itself as a PNG in any notebook."""
+
+    def _repr_png_(self) -> bytes:
+        png = io.BytesIO()
+        self.savefig(png, format="png", bbox_inches="tight")
+        return png.getvalue()
+
+
 def _figure(n_axes: int, width: float = 4.0, height: float = 3.2):
-    fig = Figure(figsize=(width * n_axes, height), layout="constrained")
+    fig = LabFigure(figsize=(width * n_axes, height), layout="constrained")
     return fig, fig.subplots(1, n_axes, squeeze=False)[0]
 
 

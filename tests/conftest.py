@@ -113,7 +113,7 @@ class TeachingBuild:
 
 def _load1() -> float | None:
     try:
-        return os.getloadavg()[0]
+        return round(os.getloadavg()[0], 1)
     except OSError:
         return None
 

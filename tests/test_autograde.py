@@ -93,7 +93,7 @@ def test_identical_pair_written_by_hand_fails_step2_with_that_reason(run_submiss
     grade([sub], tmp_path / "out", "--no-execute")
     step2 = items_of(results(tmp_path / "out", "same"), 2)
     assert step2["pairs_valid"]["score"] == 0
-    assert "row 4, field 'rejected': is identical to 'chosen'" in step2["pairs_valid"]["output"]
+    assert "row 4 (line 4), field 'rejected': is identical to 'chosen'" in step2["pairs_valid"]["output"]
 
 
 @pytest.mark.slow

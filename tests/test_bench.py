@@ -101,7 +101,7 @@ def test_report_marks_targets_met_and_missed():
     assert "1.200" in overhead and "**no**" in overhead  # 1.2 > 1.05
     lab = next(line for line in text.splitlines() if "Whole lab" in line)
     assert "90.0 s" in lab and lab.rstrip().endswith("yes |")
-    assert "| notebook | deepcopy | 2.10 | 1000 | 2000 | 1.00 % |" in text
+    assert "| notebook | deepcopy | 2.10 | - | 1000 | 2000 | 1.00 % |" in text
     assert "(faster)" in text
 
 

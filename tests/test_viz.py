@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +18,11 @@ TRICKY_AFTER = "Think of x < y like a box you put your stuff in."
 
 
 def rendered(fig: Figure) -> Figure:
-    """Draw through Agg, as a notebook or savefig would (errors surface here, not at plot)."""
-    fig.canvas.draw()
+    """Render to PNG as a notebook does (through Agg, no display): drawing errors surface
+    here, not when the plot is built."""
+    assert isinstance(fig, Figure)
+    png = fig._repr_png_()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
     return fig
 
 
@@ -29,7 +33,6 @@ def text_of(html_text: str) -> str:
 
 def test_plot_training_from_a_real_log_history(preset_run):  # noqa: F811
     fig = rendered(viz.plot_training(preset_run.log_history))
-    assert isinstance(fig, Figure)
     axes = fig.axes
     assert [ax.get_title() for ax in axes] == ["loss", "reward margin", "reward accuracy",
                                                "rewards"]
@@ -41,7 +44,7 @@ def test_plot_training_from_a_real_log_history(preset_run):  # noqa: F811
 
 
 def test_plot_training_accepts_the_trainer_state(preset_run):  # noqa: F811
-    assert len(viz.plot_training(preset_run.trainer.state).axes) == 4
+    assert len(rendered(viz.plot_training(preset_run.trainer.state)).axes) == 4
 
 
 @pytest.mark.parametrize("history", [
@@ -150,3 +153,26 @@ def test_explorer_widgets_build_headless():
 def test_explorer_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="one output before and after per prompt"):
         viz.explorer(["p", "q"], ["a"], ["b", "c"], static=True)
+
+
+@pytest.mark.slow
+def test_in_a_real_kernel_plots_show_as_images_and_the_explorer_picks_widgets(tmp_path):
+    """What a student sees: executed by a Jupyter kernel (nbclient), a plot is an image,
+    the explorer a widget - or static HTML with LABKIT_STATIC_WIDGETS=1."""
+    import nbclient
+    import nbformat
+
+    from labkit import __file__ as labkit_init
+
+    root = str(Path(labkit_init).parents[1])
+    cells = [f"import os, sys; os.environ.pop('CI', None); sys.path.insert(0, {root!r})\n"
+             "from labkit import viz\nviz.plot_beta_curves()",
+             "viz.explorer(['p'], ['a b'], ['a c'])",
+             "os.environ['LABKIT_STATIC_WIDGETS'] = '1'\nviz.explorer(['p'], ['a b'], ['a c'])"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    shown = [set(cell.outputs[-1]["data"]) for cell in notebook.cells]
+    assert "image/png" in shown[0]
+    assert "application/vnd.jupyter.widget-view+json" in shown[1]
+    assert "text/html" in shown[2] and "application/vnd.jupyter.widget-view+json" not in shown[2]

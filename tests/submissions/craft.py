@@ -59,8 +59,8 @@ from grading.rubric import CheckItem, CheckResult
 
 fake = lambda *args, **kwargs: CheckResult(1, [CheckItem("fake", 1000, True, "pwned")])
 gc.check_step1 = gc.check_step2 = gc.check_step3 = gc.check_step4 = fake
-gc.CHECKS.update({n: fake for n in (1, 2, 3, 4)})
-attempts = {}
+gc.CHECKS.update({{n: fake for n in (1, 2, 3, 4)}})
+attempts = {{}}
 for target in [pathlib.Path.cwd() / "results.json", pathlib.Path.home() / "results.json",
                pathlib.Path({out!r}) / "hostile" / "results.json",
                pathlib.Path({out!r}) / "gradebook.csv", pathlib.Path({outside!r}) / "pwned.txt",
