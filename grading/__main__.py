@@ -95,18 +95,17 @@ def run_batch(args, opts) -> list[dict]:
     try:
         if args.jobs == 1:
             for n, (path, name) in enumerate(subs, 1):
-                print(f"[{n}/{total}] start {name}", file=sys.stderr, flush=True)
                 rows.append(finish(args.out, name, path, n, total, lambda: autograde.
-                                   grade_submission(path, name, opts, batch_root, args.out)))
+                                   grade_submission(path, name, opts, batch_root, args.out,
+                                                    f"[{n}/{total}]")))
             return rows
         import multiprocessing
 
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {}
             for n, (path, name) in enumerate(subs, 1):
-                print(f"[{n}/{total}] start {name}", file=sys.stderr, flush=True)
                 futures[pool.submit(autograde.grade_submission, path, name, opts, batch_root,
-                                    args.out)] = (n, path, name)
+                                    args.out, f"[{n}/{total}]")] = (n, path, name)
             for future in as_completed(futures):
                 n, path, name = futures[future]
                 rows.append(finish(args.out, name, path, n, total, future.result))

@@ -344,9 +344,11 @@ def _unreadable(path: Path) -> str | None:
         return f"not a valid notebook ({type(exc).__name__}: {str(exc)[:200]})"
 
 
-def grade_submission(path, name: str, opts: Options, batch_root, out_dir) -> dict:
+def grade_submission(path, name: str, opts: Options, batch_root, out_dir, label="") -> dict:
     """Grade one submission end to end; returns a JSON-able record of everything found.
-    Never raises on the submission's account: what goes wrong becomes a note."""
+    Never raises on the submission's account: what goes wrong becomes a note. `label`
+    ("[3/8]") prefixes the progress line printed on stderr when grading starts."""
+    print(f"{label} start {name}".strip(), file=sys.stderr, flush=True)
     from .extract import check_student_loss, copy_artifacts, find_notebooks, grade_run
     from .rubric import NOTEBOOKS
 
@@ -368,7 +370,9 @@ def grade_submission(path, name: str, opts: Options, batch_root, out_dir) -> dic
                 dst = box.work / "notebooks" / NOTEBOOKS[step]
                 dst.parent.mkdir(exist_ok=True)
                 shutil.copyfile(src, dst)
-                runs.append(execute_notebook(box, dst, step, deadline, out / "executed"))
+                run = execute_notebook(box, dst, step, deadline, out / "executed")
+                run.message = run.message.replace(str(box.work), "<work>")
+                runs.append(run)
             run_dir = box.run_dir
         else:
             run_dir = path / "run" if (path / "run").is_dir() else path

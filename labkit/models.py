@@ -160,6 +160,12 @@ def load_model(name: str | None = None, *, strict: bool | None = None,
                   f"Set LABKIT_STRICT_MODEL=1 to make this an error.", flush=True)
     path = teaching.ensure_teaching_model(progress=not quiet)
     model, tokenizer = _load_from(str(path), device, dtype, local_only=True)
+    if device == "cpu":
+        # Too small to gain from intra-op threads, and on a shared 2-core machine OpenMP's
+        # spin-waiting made greedy generation 0.07 s -> 14 s. One thread, always.
+        import torch
+
+        torch.set_num_threads(1)
     return model, tokenizer, _info(requested, TEACHING, device, model, reason,
                                    requested != TEACHING)
 

@@ -253,12 +253,22 @@ def _pretrain(model, tokenizer, docs, progress: bool):
 def build_teaching_model(out_dir: Path | None = None, progress: bool = True) -> Path:
     """Build the teaching model deterministically and save it atomically to `out_dir`."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     out_dir = Path(out_dir) if out_dir else default_dir()
     if progress:
         print(f"Building the labkit teaching model -> {out_dir}", flush=True)
     torch.manual_seed(PRETRAIN["seed"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: threads only add spin-waiting on a busy machine
+    try:
+        return _build(out_dir, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(out_dir: Path, progress: bool) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     docs = build_corpus()
     tokenizer = train_tokenizer(docs)
     config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
