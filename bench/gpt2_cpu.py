@@ -47,7 +47,7 @@ def measure(reps: int, quick: bool = False, log=print) -> dict:
     epochs = 1 if quick else None
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
     for rep in range(reps):
-        for mode in MODES:
+        for mode in (MODES if rep % 2 == 0 else MODES[::-1]):  # A B, B A: see stats.interleave
             result = run_worker(path, mode, epochs)
             result["load_average"] = load_average()
             runs[mode].append(result)

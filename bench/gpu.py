@@ -133,7 +133,7 @@ def measure(reps: int, quick: bool = False, peak_tflops: float | None = None,
         for label, pairs, batch, epochs, modes in variants:
             runs = {m: [] for m in modes}
             for rep in range(reps):
-                for mode in modes:
+                for mode in (modes if rep % 2 == 0 else modes[::-1]):
                     runs[mode].append(_one(path, pairs, batch, epochs, mode, n_params, peak))
                     r = runs[mode][-1]
                     log(f"  {label} {mode} rep {rep + 1}: {r['seconds']:.2f} s, "

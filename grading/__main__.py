@@ -64,15 +64,16 @@ def main(argv=None) -> int:
         from . import autograde
 
         args.out.mkdir(parents=True, exist_ok=True)
-        info = autograde.base_model(args.model)[2]  # builds the teaching model once, up front
+        model = prepare_model(args.model, args.jobs)
     except Exception as exc:  # the grader cannot run at all
         print(f"grading: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     opts = autograde.Options(
         model=args.model, execute=not args.no_execute,
         limits=autograde.Limits(args.cell_timeout, args.timeout, args.memory_gb),
-        hide=tuple(p.resolve().parent for p in args.submissions), keep_work=bool(args.keep_work))
-    print(f"grading {len(args.submissions)} submission(s) with {info.resolved!r}, "
+        hide=tuple(p.resolve().parent for p in args.submissions), keep_work=bool(args.keep_work),
+        threads=max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
+    print(f"grading {len(args.submissions)} submission(s) with {model!r}, "
           f"{args.jobs} at a time; isolation: "
           f"{'namespaces' if autograde.namespaces_work() else 'environment only'}",
           file=sys.stderr)
@@ -82,6 +83,20 @@ def main(argv=None) -> int:
     print(f"graded {len(rows)} submission(s) in {time.monotonic() - start:.1f} s -> "
           f"{args.out / 'gradebook.csv'}", file=sys.stderr)
     return 0
+
+
+def prepare_model(name: str, jobs: int) -> str:
+    """Make sure the class's model is there before any job starts (the teaching model is
+    built once, here, not by racing jobs). With one job the loaded model is reused; with
+    several, each worker loads its own, so the teaching model is only built here."""
+    from . import autograde
+
+    if jobs > 1 and name == "teaching":
+        from labkit import teaching
+
+        teaching.ensure_teaching_model(progress=False)
+        return name
+    return autograde.base_model(name)[2].resolved
 
 
 def run_batch(args, opts) -> list[dict]:
@@ -101,7 +116,8 @@ def run_batch(args, opts) -> list[dict]:
             return rows
         import multiprocessing
 
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        spawn = multiprocessing.get_context("spawn")  # no fork after torch was imported
+        with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
             futures = {}
             for n, (path, name) in enumerate(subs, 1):
                 futures[pool.submit(autograde.grade_submission, path, name, opts, batch_root,
@@ -177,7 +193,7 @@ def feedback(record: dict) -> str:
                   f"({step['score']:g}/{step['max_score']:g})", "",
                   "| | check | points | details |", "|---|---|---|---|"]
         lines += [f"| {'pass' if i['passed'] else 'FAIL'} | {i['name']} | {i['earned']:g}/"
-                  f"{i['points']:g} | {i['message'].replace('|', chr(92) + '|')} |" for i in step["items"]]
+                  f"{i['points']:g} | {_cell(i['message'])} |" for i in step["items"]]
         lines += [""] + [f"Hint: {h}" for h in step["hints"]] + [""]
     if record["runs"]:
         lines += ["## Notebook runs", ""] + [
@@ -187,6 +203,11 @@ def feedback(record: dict) -> str:
         lines += ["## Notes", ""] + [f"- {n}" for n in record["notes"]] + [""]
     lines += [f"Isolation: {record['isolation'] or 'n/a'}", ""]
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def gradebook_row(record: dict, results: dict) -> dict:

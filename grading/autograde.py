@@ -1,13 +1,15 @@
-"""Run untrusted notebooks in a sandbox: fresh directory, own kernel, limits, no secrets.
+"""Run untrusted notebooks in a sandbox: fresh directory, own kernel, limits, no secrets;
+then grade one submission in the grader's own process.
 
 Each kernel starts with a scrubbed environment (PATH, LANG, LABKIT_*, offline flags; HOME,
 cwd and TMPDIR inside the submission's fresh work directory), an address-space and a
 file-size limit, and per-cell and total time limits. Where Linux user namespaces work
 (`unshare`), it also gets no network, its own PID namespace (it cannot see the grader's
 processes or their environment), the grader's home, output, other submissions and the
-repository (solution notebooks; only labkit/ and grading/ stay) hidden behind empty tmpfs, and every mount read-only except its work directory. Kernels
-talk to the grader over Unix sockets (ipc transport), which need no network. Grading itself
-happens afterwards in the grader's process, on a sanitised copy of the artifacts.
+repository (solution notebooks; only labkit/ and grading/ stay) hidden behind empty tmpfs,
+and every mount read-only except its work directory. Kernels talk to the grader over Unix
+sockets (ipc transport), which need no network. Grading happens afterwards, in the grader's
+process, on a sanitised copy of the artifacts (grading.extract).
 """
 from __future__ import annotations
 
@@ -26,17 +28,26 @@ REPO = Path(__file__).resolve().parents[1]
 SYSTEM_DIRS = {"/", "/usr", "/bin", "/lib", "/lib64", "/etc", "/sbin", "/proc", "/sys", "/dev"}
 
 # Runs as the (mapped) root of fresh user+mount+net+pid namespaces; $1 is the work dir.
+# Kept paths are bound aside, the hidden ones covered with empty tmpfs, the kept ones bound
+# back; then every mount but the work dir (and /proc, /sys, /dev) is made read-only.
 NAMESPACE_SCRIPT = r"""set -eu
 work=$1; shift
 stage=/dev/shm/.grader-keep
+hide() {{ for h in "$@"; do
+  if [ -d "$h" ]; then mount -t tmpfs -o size=1m,mode=755 grader-hidden "$h"; fi; done; }}
 mount -t tmpfs -o size={shm_mb}m,mode=1777 grader-shm /dev/shm
-i=0; for p in {keeps}; do mkdir -p "$stage/$i"; mount --rbind "$p" "$stage/$i"; i=$((i+1)); done
-for h in {hides}; do if [ -d "$h" ]; then mount -t tmpfs -o size=1m,mode=755 grader-hidden "$h"; fi; done
-i=0; for p in {keeps}; do mkdir -p "$p"; mount --rbind "$stage/$i" "$p"; umount -R -l "$stage/$i"; i=$((i+1)); done
-for h in {inner_hides}; do if [ -d "$h" ]; then mount -t tmpfs -o size=1m,mode=755 grader-hidden "$h"; fi; done
+i=0; for p in {keeps}; do
+  mkdir -p "$stage/$i"; mount --rbind "$p" "$stage/$i"; i=$((i+1)); done
+hide {hides}
+i=0; for p in {keeps}; do
+  mkdir -p "$p"; mount --rbind "$stage/$i" "$p"; umount -R -l "$stage/$i"; i=$((i+1)); done
+hide {inner_hides}
 while read -r _ _ _ _ mnt _; do
-  mnt=$(printf '%b' "$mnt")
-  case "$mnt" in "$work"|"$work"/*|/proc|/proc/*|/sys|/sys/*|/dev|/dev/pts|/dev/pts/*|/dev/shm|/dev/mqueue) continue ;; esac
+  printf -v mnt '%b' "$mnt"
+  case "$mnt" in
+    "$work"|"$work"/*|/proc|/proc/*|/sys|/sys/*|/dev|/dev/pts|/dev/pts/*|/dev/shm|/dev/mqueue)
+      continue ;;
+  esac
   mount -o remount,bind,ro "$mnt" 2>/dev/null || true
 done < /proc/self/mountinfo
 mount -o remount,bind,ro /
@@ -63,6 +74,7 @@ class Sandbox:
     model: str
     limits: Limits = field(default_factory=Limits)
     hide: tuple[Path, ...] = ()
+    threads: int | None = None
 
     @property
     def work(self) -> Path:
@@ -86,6 +98,8 @@ class Sandbox:
                     LABKIT_CACHE=str(_labkit_cache()), PYTHONPATH=str(REPO),
                     HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
                     TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+        if self.threads:
+            keep.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         hub = _hf_hub_cache()
         if hub:
             keep["HF_HUB_CACHE"] = str(hub)  # the model cache only, never HF_HOME's token
@@ -113,7 +127,7 @@ class Sandbox:
         hides = [h for h in {_real(h) for h in (Path.home(), REPO, *self.hide)}
                  if str(h) not in SYSTEM_DIRS]
         inner = [h for h in hides if any(k in h.parents for k in keeps)]
-        quote = lambda paths: " ".join(shlex.quote(str(p)) for p in paths) or "''"  # noqa: E731
+        quote = lambda paths: " ".join(shlex.quote(str(p)) for p in paths)  # noqa: E731
         return NAMESPACE_SCRIPT.format(shm_mb=512, keeps=quote(keeps), hides=quote(hides),
                                        inner_hides=quote(inner))
 
@@ -232,8 +246,9 @@ def execute_notebook(box: Sandbox, path: Path, step: int, deadline: float,
     argv = box.wrap([sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"])
     kernel_json.write_text(__import__("json").dumps({"argv": argv, "language": "python",
                                                      "display_name": "grader"}))
+    specs = KernelSpecManager(kernel_dirs=[str(kernel_json.parents[1])])
     km = AsyncKernelManager(kernel_name="grader", transport="ipc", ip=str(ipc / f"k{step}"),
-                       kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_json.parents[1])]))
+                            kernel_spec_manager=specs)
     km.connection_file = str(box.root / f"kernel-{step}.json")
     hit_deadline, kernel = [], []
 
@@ -298,6 +313,8 @@ class Options:
     reference: Path = REPO / "notebooks"
     hide: tuple[Path, ...] = ()
     keep_work: bool = False
+    threads: int | None = None  # per job: kernels and grader use the same, so that
+    # regenerated outputs are computed the way the kernel computed them
 
 
 _BASE: dict[str, tuple] = {}
@@ -326,7 +343,8 @@ def plan(path: Path, reference: Path):
         return found, [1, 2, 3, 4], notes
     step, problem = notebook_step(path), _unreadable(path)
     if step is None:
-        return {}, [1, 2, 3, 4], [f"{path.name}: {problem or 'not recognised as one of the lab notebooks'}"]
+        problem = problem or "not recognised as one of the lab notebooks"
+        return {}, [1, 2, 3, 4], [f"{path.name}: {problem}"]
     ref, _ = find_notebooks(reference) if reference.is_dir() else ({}, [])
     earlier = {s: ref[s] for s in range(1, step) if s in ref}
     notes = [f"steps {', '.join(map(str, earlier))} were run from the reference solution "
@@ -354,7 +372,11 @@ def grade_submission(path, name: str, opts: Options, batch_root, out_dir, label=
 
     start, path, out = time.monotonic(), Path(path), Path(out_dir) / name
     box = Sandbox(Path(batch_root) / name, opts.model, opts.limits,
-                  (Path(batch_root), Path(out_dir), *opts.hide)).create()
+                  (Path(batch_root), Path(out_dir), *opts.hide), opts.threads).create()
+    if opts.threads:
+        import torch
+
+        torch.set_num_threads(opts.threads)
     runs: list[NotebookRun] = []
     try:
         if opts.execute:

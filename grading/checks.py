@@ -8,7 +8,6 @@ broken one a failed item whose message says what is wrong. Points come from `rub
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -20,21 +19,25 @@ __all__ = ["CheckItem", "CheckResult", "check", "check_step1", "check_step2", "c
 
 
 # ----------------------------------------------------------------------------- helpers
-def scored_item(step: int, name: str, passed: bool, message: str) -> CheckItem:
+def scored(step: int, name: str, passed: bool, message: str) -> CheckItem:
+    """A rubric item's result: points and integrity flag come from the rubric."""
     spec = rubric.item(step, name)
     return CheckItem(name, spec.points, bool(passed), message, spec.integrity)
 
 
-def _not_done(step: int, missing: str) -> CheckResult:
-    items = [scored_item(step, i.name, False, f"{NOT_DONE}: {missing} is missing")
-             for i in rubric.items_for(step, integrity=False)]
-    return CheckResult(step, items, [rubric.NOT_DONE_HINTS[step]], NOT_DONE,
+def _result(step: int, items: list[CheckItem], status: str = "") -> CheckResult:
+    hints = [] if all(i.passed for i in items) else [rubric.NOT_DONE_HINTS[step]]
+    return CheckResult(step, items, hints, status,
                        [i.name for i in rubric.items_for(step, integrity=True)])
 
 
-def _result(step: int, items: list[CheckItem], hints: list[str]) -> CheckResult:
-    return CheckResult(step, items, hints,
-                       pending=[i.name for i in rubric.items_for(step, integrity=True)])
+def _all_failed(step: int, message: str, status: str = "") -> CheckResult:
+    return _result(step, [scored(step, i.name, False, message)
+                          for i in rubric.items_for(step, integrity=False)], status)
+
+
+def _not_done(step: int, missing: str) -> CheckResult:
+    return _all_failed(step, f"{NOT_DONE}: {missing} is missing", NOT_DONE)
 
 
 def _load(run: Path, name: str, kind: str):
@@ -42,11 +45,16 @@ def _load(run: Path, name: str, kind: str):
     from labkit.artifacts import ArtifactError, load_json
 
     try:
-        return load_json(run / name, kind=kind), None
+        return load_json(Path(run) / name, kind=kind), None
     except ArtifactError as exc:
         return None, str(exc)
     except (OSError, UnicodeDecodeError) as exc:
         return None, f"{name} cannot be read ({exc}); re-run its step"
+
+
+def _dict(record, key: str) -> dict:
+    value = (record or {}).get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def finite(value) -> bool:
@@ -59,59 +67,75 @@ def _run(run_dir) -> Path:
     return Path(run_dir) if run_dir else default_run_dir(create=False)
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def load_step1(run):
+    return _load(run, "step1_baseline.json", "step1_baseline")
+
+
+def load_training(run):
+    return _load(run, "step3_training.json", "step3_training")
+
+
+def load_report(run):
+    return _load(run, "step4_report.json", "step4_report")
+
+
+def training_entries_of(record: dict) -> list[dict]:
+    from labkit.health import training_entries
+
+    history = record.get("log_history") if isinstance(record.get("log_history"), list) else []
+    return training_entries([e for e in history if isinstance(e, dict)])
 
 
 # ----------------------------------------------------------------------------- step 1
-def load_step1(run: Path):
-    from labkit.artifacts import STEP1_BASELINE
-
-    return _load(Path(run), STEP1_BASELINE, "step1_baseline")
-
-
 def check_step1(run_dir=None) -> CheckResult:
     from labkit.artifacts import STEP1_BASELINE
-    from labkit.config import GenerationSpec
 
     run = _run(run_dir)
     if not (run / STEP1_BASELINE).exists():
         return _not_done(1, STEP1_BASELINE)
     rec, err = load_step1(run)
     if rec is None:
-        return _result(1, [scored_item(1, "baseline_saved", False, err)] + [
-            scored_item(1, i.name, False, "needs a readable step1_baseline.json")
-            for i in rubric.items_for(1, integrity=False)[1:]], [rubric.NOT_DONE_HINTS[1]])
-    items = [scored_item(1, "baseline_saved", True, f"{STEP1_BASELINE} found")]
-    model = rec.get("model") if isinstance(rec.get("model"), dict) else {}
+        return _all_failed(1, err)
+    prompts = rec.get("prompts")
+    n = len(prompts) if isinstance(prompts, list) and all(
+        isinstance(p, str) and p.strip() for p in prompts) else 0
+    return _result(1, [scored(1, "baseline_saved", True, f"{STEP1_BASELINE} found"),
+                       _model_and_spec(rec), _held_prompts(rec, n), _outputs(rec, n)])
+
+
+def _model_and_spec(rec: dict) -> CheckItem:
+    from labkit.config import GenerationSpec
+
+    resolved = _dict(rec, "model").get("resolved")
+    if not (isinstance(resolved, str) and resolved):
+        return scored(1, "model_and_spec", False, "the model that made the baseline is not "
+                      "recorded (model.resolved): save info.to_dict()")
+    if not rec.get("generation_spec"):
+        return scored(1, "model_and_spec", False, "no generation_spec recorded")
     try:
-        spec = GenerationSpec.from_dict(rec.get("generation_spec") or {})
-        problem = None if rec.get("generation_spec") else "no generation_spec recorded"
+        spec = GenerationSpec.from_dict(_dict(rec, "generation_spec"))
     except (TypeError, ValueError) as exc:
-        spec, problem = None, f"generation_spec is not a valid GenerationSpec: {exc}"
-    if not (isinstance(model.get("resolved"), str) and model.get("resolved")):
-        problem = "the model that made the baseline is not recorded (model.resolved)"
-    items.append(scored_item(1, "model_and_spec", problem is None, problem or
-                       f"made by {model['resolved']!r} with {spec}"))
-    prompts, kinds = rec.get("prompts"), rec.get("prompt_kinds")
-    ok_prompts = isinstance(prompts, list) and all(isinstance(p, str) and p.strip() for p in prompts)
-    n = len(prompts) if ok_prompts else 0
+        return scored(1, "model_and_spec", False, f"generation_spec is not valid: {exc}")
+    return scored(1, "model_and_spec", True, f"made by {resolved!r} with {spec}")
+
+
+def _held_prompts(rec: dict, n: int) -> CheckItem:
+    kinds = rec.get("prompt_kinds")
     kinds_ok = isinstance(kinds, list) and len(kinds) == n and set(kinds) <= {"theme", "far"}
-    items.append(scored_item(1, "held_prompts", ok_prompts and n >= 4 and kinds_ok,
-                       f"{n} held prompts" + ("" if n >= 4 else ": at least 4 are needed")
-                       + ("" if kinds_ok else "; prompt_kinds must give 'theme' or 'far' for "
-                          "each prompt")))
-    outputs = rec.get("outputs")
-    flat = [o for out in outputs for o in (out if isinstance(out, list) else [out])] \
-        if isinstance(outputs, list) else []
+    problems = ([] if n >= 4 else ["at least 4 are needed"]) + (
+        [] if kinds_ok else ["prompt_kinds must say 'theme' or 'far' for each prompt"])
+    return scored(1, "held_prompts", not problems, f"{n} held prompts"
+                  + (": " + "; ".join(problems) if problems else ""))
+
+
+def _outputs(rec: dict, n: int) -> CheckItem:
+    outputs = rec.get("outputs") if isinstance(rec.get("outputs"), list) else []
+    flat = [o for out in outputs for o in (out if isinstance(out, list) else [out])]
     empty = [i + 1 for i, o in enumerate(flat) if not (isinstance(o, str) and o.strip())]
-    ok = isinstance(outputs, list) and len(outputs) == n and n > 0 and not empty
-    items.append(scored_item(1, "outputs", ok, f"{len(flat)} non-empty outputs" if ok else
-                       f"need one non-empty output per prompt: {n} prompts, "
-                       f"{len(outputs) if isinstance(outputs, list) else 0} outputs"
-                       + (f", empty: {empty[:5]}" if empty else "")))
-    hints = [] if all(i.passed for i in items) else [rubric.NOT_DONE_HINTS[1]]
-    return _result(1, items, hints)
+    if n and len(outputs) == n and not empty:
+        return scored(1, "outputs", True, f"{len(flat)} non-empty outputs")
+    return scored(1, "outputs", False, f"need one non-empty output per prompt: {n} prompts, "
+                  f"{len(outputs)} outputs" + (f", empty: {empty[:5]}" if empty else ""))
 
 
 # ----------------------------------------------------------------------------- step 2
@@ -122,7 +146,7 @@ def load_pairs(run: Path):
 
     meta, err = _load(run, STEP2_META, "step2_meta")
     try:
-        rows, lines = read_jsonl(run / STEP2_PAIRS)
+        rows, lines = read_jsonl(Path(run) / STEP2_PAIRS)
     except FileNotFoundError:
         return None, None, meta, f"{STEP2_PAIRS} is missing"
     except (PreferenceDataError, OSError, UnicodeDecodeError) as exc:
@@ -138,33 +162,34 @@ def check_step2(run_dir=None) -> CheckResult:
     if not (run / STEP2_PAIRS).exists() and not (run / STEP2_META).exists():
         return _not_done(2, STEP2_PAIRS)
     rows, lines, meta, err = load_pairs(run)
-    if err is None and (meta.get("n_pairs") != len(rows)
-                        or meta.get("pairs_sha256") != sha256_file(run / STEP2_PAIRS)):
+    if err is None and (meta.get("n_pairs") != len(rows) or meta.get("pairs_sha256") !=
+                        hashlib.sha256((run / STEP2_PAIRS).read_bytes()).hexdigest()):
         err = (f"{STEP2_META} does not describe {STEP2_PAIRS} (n_pairs {meta.get('n_pairs')} vs "
-               f"{len(rows)} rows, or a different sha256): save both with the notebook's cell")
-    items = [scored_item(2, "pairs_saved", err is None, err or f"{len(rows)} pairs saved")]
+               f"{len(rows)} rows, or another sha256): save both with the notebook's cell")
+    saved = scored(2, "pairs_saved", err is None, err or f"{len(rows)} pairs saved")
     if rows is None:
-        items += [scored_item(2, n, False, "needs a readable step2_preferences.jsonl")
-                  for n in ("pairs_valid", "no_heldout_leak")]
-        return _result(2, items, [rubric.NOT_DONE_HINTS[2]])
+        return _result(2, [saved] + [scored(2, n, False, "needs a readable " + STEP2_PAIRS)
+                                     for n in ("pairs_valid", "no_heldout_leak")])
     problems = find_problems(rows, lines=lines)
-    items.append(scored_item(2, "pairs_valid", not problems, f"{len(rows)} valid pairs" if not problems
-                       else _problem_text(problems)))
+    valid = scored(2, "pairs_valid", not problems,
+                   _problem_text(problems) if problems else f"{len(rows)} valid pairs")
+    return _result(2, [saved, valid, _leak_item(run, rows, lines, meta, problems)])
+
+
+def _leak_item(run, rows, lines, meta, problems) -> CheckItem:
+    """labkit's own validation, with the step-1 prompts (and the meta's) as held-out."""
+    from labkit.data import find_problems
+
     step1, _ = load_step1(run)
-    held = [p for p in (step1 or {}).get("prompts") or [] if isinstance(p, str)]
-    held += [p for p in (meta or {}).get("heldout_prompts") or [] if isinstance(p, str)]
     if step1 is None:
-        items.append(scored_item(2, "no_heldout_leak", False, "step 1 not done yet: the leak check "
-                           "compares your pairs with the step-1 held prompts"))
-    else:
-        leaks = sorted(set(find_problems(rows, lines=lines, heldout_prompts=held)) - set(problems),
-                       key=lambda p: p.row or 0)
-        items.append(scored_item(2, "no_heldout_leak", not leaks, "no pair uses a held prompt" if
-                           not leaks else _problem_text(leaks)))
-    hints = [] if all(i.passed for i in items) else [
-        "Fix the rows named above in the exercise cell of notebooks/02_preferences.ipynb, then "
-        "re-run the cell that saves the pairs."]
-    return _result(2, items, hints)
+        return scored(2, "no_heldout_leak", False, "step 1 not done yet: the leak check "
+                      "compares your pairs with the step-1 held prompts")
+    held = [p for p in (step1.get("prompts") or []) + ((meta or {}).get("heldout_prompts") or [])
+            if isinstance(p, str)]
+    leaks = sorted(set(find_problems(rows, lines=lines, heldout_prompts=held)) - set(problems),
+                   key=lambda p: p.row or 0)
+    return scored(2, "no_heldout_leak", not leaks,
+                  _problem_text(leaks) if leaks else "no pair uses a held prompt")
 
 
 def _problem_text(problems, limit: int = 4) -> str:
@@ -173,71 +198,66 @@ def _problem_text(problems, limit: int = 4) -> str:
 
 
 # ----------------------------------------------------------------------------- step 3
-def load_training(run: Path):
-    from labkit.artifacts import STEP3_TRAINING
-
-    return _load(run, STEP3_TRAINING, "step3_training")
-
-
 def check_step3(run_dir=None, base=None) -> CheckResult:
     """`base`: (model, tokenizer, info) to compare the policy with; by default the base
     model recorded in the artifact is loaded (the auto-grader passes its own)."""
     from labkit.artifacts import STEP3_POLICY, STEP3_TRAINING
-    from labkit.health import diagnose, training_entries
 
     run = _run(run_dir)
     if not (run / STEP3_TRAINING).exists() and not (run / STEP3_POLICY).exists():
         return _not_done(3, STEP3_TRAINING)
     rec, err = load_training(run)
     if rec is None:
-        return _result(3, [scored_item(3, i.name, False, err or "needs step3_training.json")
-                           for i in rubric.items_for(3, integrity=False)],
-                       [rubric.NOT_DONE_HINTS[3]])
-    history = rec.get("log_history") if isinstance(rec.get("log_history"), list) else []
-    entries = training_entries([e for e in history if isinstance(e, dict)])
+        return _all_failed(3, err)
+    entries = training_entries_of(rec)
     has_policy = (run / STEP3_POLICY).is_dir()
-    items = [scored_item(3, "trained", len(entries) >= 3 and has_policy,
-                   f"{len(entries)} logged training steps" + ("" if len(entries) >= 3 else
-                   " (at least 3 needed: set logging_steps=1)") + ("" if has_policy else
-                   f"; {STEP3_POLICY}/ is missing: save the policy"))]
-    losses = [e.get("loss") for e in entries]
-    bad = [i + 1 for i, v in enumerate(losses) if not finite(v)]
-    items.append(scored_item(3, "finite_losses", bool(losses) and not bad, "all logged losses finite"
-                       if losses and not bad else f"no finite loss at logged steps {bad[:5]}"
-                       if bad else "no loss was logged"))
-    beta = (rec.get("dpo_config") or {}).get("beta")
+    trained = scored(3, "trained", len(entries) >= 3 and has_policy,
+                     f"{len(entries)} logged training steps"
+                     + ("" if len(entries) >= 3 else " (at least 3: set logging_steps=1)")
+                     + ("" if has_policy else f"; {STEP3_POLICY}/ is missing: save the policy"))
+    return _result(3, [trained, _finite_losses(entries), _health(rec),
+                       policy_changed_item(run, rec, base), _crosscheck(rec, entries)])
+
+
+def _finite_losses(entries: list[dict]) -> CheckItem:
+    bad = [i + 1 for i, e in enumerate(entries) if not finite(e.get("loss"))]
+    if not entries:
+        return scored(3, "finite_losses", False, "no loss was logged")
+    return scored(3, "finite_losses", not bad, f"loss is not a finite number at logged steps "
+                  f"{bad[:5]}" if bad else "all logged losses are finite")
+
+
+def _health(rec: dict) -> CheckItem:
+    """labkit.health's verdict, recomputed from log_history (the recorded one is ignored)."""
+    from labkit.health import diagnose
+
+    beta = _dict(rec, "dpo_config").get("beta")
     try:
-        diagnosis = diagnose(history, beta=beta if finite(beta) else None)
-        ok = diagnosis.verdict not in {"no_learning", "diverged", "too_short"}
-        items.append(scored_item(3, "health", ok, f"{diagnosis.verdict}: "
-                           + "; ".join(diagnosis.reasons) + ("" if ok else
-                           f". What to do: {diagnosis.advice}")))
-    except (TypeError, ValueError, KeyError) as exc:
-        items.append(scored_item(3, "health", False, f"log_history cannot be read: {exc}"))
-    items.append(policy_changed_item(run, rec, base))
-    items.append(_crosscheck_item(rec, entries))
-    hints = [] if all(i.passed for i in items) else [rubric.NOT_DONE_HINTS[3]]
-    return _result(3, items, hints)
+        diagnosis = diagnose(rec.get("log_history") or [], beta=beta if finite(beta) else None)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        return scored(3, "health", False, f"log_history cannot be read: {exc}")
+    ok = diagnosis.verdict not in {"no_learning", "diverged", "too_short"}
+    return scored(3, "health", ok, f"{diagnosis.verdict}: " + "; ".join(diagnosis.reasons)
+                  + ("" if ok else f". What to do: {diagnosis.advice}"))
 
 
-def _crosscheck_item(rec: dict, entries: list[dict]) -> CheckItem:
+def _crosscheck(rec: dict, entries: list[dict]) -> CheckItem:
     """Your loss vs TRL's on the same pairs (recomputed from the two numbers, not taken from
     abs_diff), and, when recorded, your step-1 loss vs TRL's first *logged* loss."""
-    cc = rec.get("crosscheck") if isinstance(rec.get("crosscheck"), dict) else {}
+    cc = _dict(rec, "crosscheck")
     student, trl = cc.get("student_loss"), cc.get("trl_loss")
     if not (finite(student) and finite(trl)):
-        return scored_item(3, "crosscheck", False, "no finite crosscheck student_loss/trl_loss: run "
-                     "the cross-check cell (crosscheck_with_trl with your loss) after training")
-    diffs = {"on the trained policy": (student, trl)}
-    first = cc.get("first_step") if isinstance(cc.get("first_step"), dict) else {}
-    logged = entries[0].get("loss") if entries else None
+        return scored(3, "crosscheck", False, "no finite crosscheck student_loss/trl_loss: run "
+                      "the cross-check cell (crosscheck_with_trl with your loss) after training")
+    pairs = {"on the trained policy": (student, trl)}
+    first, logged = _dict(cc, "first_step"), entries[0].get("loss") if entries else None
     if finite(first.get("student_loss")) and finite(logged):
-        diffs["at TRL's first logged step"] = (first["student_loss"], logged)
-    bad = {k: abs(a - b) for k, (a, b) in diffs.items() if not abs(a - b) < 1e-4}
-    text = "; ".join(f"{k}: yours {a:.6f} vs TRL {b:.6f}" for k, (a, b) in diffs.items())
-    return scored_item(3, "crosscheck", not bad, text + ("" if not bad else
-                 f" - |diff| {max(bad.values()):.2e} >= 1e-4: check compute_dpo_loss against "
-                 "the formula (beta, chosen minus rejected log-ratios, -logsigmoid, the mean)"))
+        pairs["at TRL's first logged step"] = (first["student_loss"], logged)
+    worst = max(abs(a - b) for a, b in pairs.values())
+    text = "; ".join(f"{k}: yours {a:.6f} vs TRL {b:.6f}" for k, (a, b) in pairs.items())
+    return scored(3, "crosscheck", worst < 1e-4, text + ("" if worst < 1e-4 else
+                  f" - |diff| {worst:.2e} >= 1e-4: check compute_dpo_loss against the formula "
+                  "(beta, chosen minus rejected log-ratios, -logsigmoid, the mean)"))
 
 
 def policy_weights(policy_dir: Path, like):
@@ -258,30 +278,30 @@ def policy_weights(policy_dir: Path, like):
 
 
 def policy_changed_item(run: Path, rec: dict, base=None) -> CheckItem:
+    """The saved weights hash to the recorded sha256, and some tensor differs from the base
+    model's (compared in the policy's dtype, so a bf16 save of an untrained model is equal)."""
     import torch
     from labkit.artifacts import STEP3_POLICY, ArtifactError, weights_sha256
 
-    policy_dir = run / STEP3_POLICY
     try:
-        digest = weights_sha256(policy_dir)
+        digest = weights_sha256(Path(run) / STEP3_POLICY)
     except (ArtifactError, OSError) as exc:
-        return scored_item(3, "policy_changed", False, f"no saved policy: {exc}")
+        return scored(3, "policy_changed", False, f"no saved policy: {exc}")
     if digest != rec.get("policy_sha256"):
-        return scored_item(3, "policy_changed", False, "the weights in step3_policy/ do not match "
-                     "policy_sha256 in step3_training.json: save them with save_policy again")
+        return scored(3, "policy_changed", False, "the weights in step3_policy/ do not match "
+                      "policy_sha256 in step3_training.json: save them with save_policy again")
     try:
         model = (base or _load_base(rec))[0]
-        state = policy_weights(policy_dir, model)
-    except Exception as exc:  # any failure to load is the submission's, with the reason
-        return scored_item(3, "policy_changed", False, f"cannot compare with the base model: {exc}")
-    base_state = model.state_dict()
-    common = [k for k in state if k in base_state and state[k].shape == base_state[k].shape]
+        state, reference = policy_weights(Path(run) / STEP3_POLICY, model), model.state_dict()
+    except Exception as exc:  # any failure to load is the submission's: say why
+        return scored(3, "policy_changed", False, f"cannot compare with the base model: {exc}")
+    common = [k for k in state if k in reference and state[k].shape == reference[k].shape]
+    changed = [k for k in common if not torch.equal(state[k], reference[k].to(state[k].dtype))]
     if not common:
-        return scored_item(3, "policy_changed", False, "the saved weights do not fit the base model")
-    changed = [k for k in common if not torch.equal(state[k], base_state[k].to(state[k].dtype))]
-    return scored_item(3, "policy_changed", bool(changed), f"{len(changed)}/{len(common)} weight "
-                 "tensors differ from the base model" if changed else "the saved policy is "
-                 "identical to the base model: did trainer.train() run before saving?")
+        return scored(3, "policy_changed", False, "the saved weights do not fit the base model")
+    return scored(3, "policy_changed", bool(changed), f"{len(changed)}/{len(common)} weight "
+                  "tensors differ from the base model" if changed else "the saved policy is "
+                  "identical to the base model: did trainer.train() run before saving?")
 
 
 _BASES: dict[str, tuple] = {}
@@ -290,7 +310,7 @@ _BASES: dict[str, tuple] = {}
 def _load_base(rec: dict):
     from labkit.models import load_model
 
-    name = (rec.get("base_model") or {}).get("resolved")
+    name = _dict(rec, "base_model").get("resolved")
     if not isinstance(name, str) or not name:
         raise ValueError("base_model.resolved is not recorded in step3_training.json")
     if name not in _BASES:
@@ -299,30 +319,33 @@ def _load_base(rec: dict):
 
 
 # ----------------------------------------------------------------------------- step 4
-def load_report(run: Path):
-    from labkit.artifacts import STEP4_REPORT
-
-    return _load(run, STEP4_REPORT, "step4_report")
-
-
 def check_step4(run_dir=None) -> CheckResult:
-    from labkit.artifacts import STEP3_POLICY, STEP4_REPORT, ArtifactError, weights_sha256
+    from labkit.artifacts import STEP4_REPORT
 
     run = _run(run_dir)
     if not (run / STEP4_REPORT).exists():
         return _not_done(4, STEP4_REPORT)
     rec, err = load_report(run)
     if rec is None:
-        return _result(4, [scored_item(4, i.name, False, err) for i in rubric.items_for(4, False)],
-                       [rubric.NOT_DONE_HINTS[4]])
+        return _all_failed(4, err)
     step1, err1 = load_step1(run)
-    step1 = step1 or {}
-    same = [k for k, s1 in (("prompts", "prompts"), ("generation_spec", "generation_spec"),
-                            ("outputs_before", "outputs")) if rec.get(k) != step1.get(s1)]
-    items = [scored_item(4, "same_prompts_spec", not err1 and not same and bool(rec.get("prompts")),
-                   f"step 1 unreadable: {err1}" if err1 else "same prompts, outputs and "
-                   "GenerationSpec as step 1" if not same else f"differs from step 1: "
-                   f"{', '.join(same)}; compare with the saved baseline, do not rebuild it")]
+    return _result(4, [_same_as_step1(rec, step1, err1), _same_policy(run, rec),
+                       _outputs_changed(rec), _metrics(rec, step1 or {})])
+
+
+def _same_as_step1(rec: dict, step1, err1) -> CheckItem:
+    if step1 is None:
+        return scored(4, "same_prompts_spec", False, f"step 1 unreadable: {err1}")
+    differ = [k for k, k1 in (("prompts", "prompts"), ("generation_spec", "generation_spec"),
+                              ("outputs_before", "outputs")) if rec.get(k) != step1.get(k1)]
+    return scored(4, "same_prompts_spec", not differ, "same prompts, outputs and GenerationSpec "
+                  "as step 1" if not differ else f"differs from step 1: {', '.join(differ)}; "
+                  "compare with the saved baseline, do not rebuild it")
+
+
+def _same_policy(run: Path, rec: dict) -> CheckItem:
+    from labkit.artifacts import STEP3_POLICY, ArtifactError, weights_sha256
+
     training, _ = load_training(run)
     try:
         actual = weights_sha256(run / STEP3_POLICY)
@@ -330,27 +353,30 @@ def check_step4(run_dir=None) -> CheckResult:
         actual = None
     claimed = rec.get("policy_sha256")
     ok = bool(claimed) and claimed == actual == (training or {}).get("policy_sha256")
-    items.append(scored_item(4, "same_policy", ok, "the report is about the step-3 policy" if ok
-                       else "policy_sha256 differs from the saved step-3 policy: reload it "
-                       "from step3_policy/ and re-run"))
+    return scored(4, "same_policy", ok, "the report is about the step-3 policy" if ok else
+                  "policy_sha256 differs from the saved step-3 policy: reload it from "
+                  "step3_policy/ and re-run")
+
+
+def _outputs_changed(rec: dict) -> CheckItem:
     before, after = rec.get("outputs_before"), rec.get("outputs_after")
-    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after) > 0:
-        n = sum(b != a for b, a in zip(before, after))
-        items.append(scored_item(4, "outputs_changed", n > 0, f"{n}/{len(after)} outputs changed" if n
-                           else "no output changed: the policy behaves like the base model"))
-    else:
-        items.append(scored_item(4, "outputs_changed", False, "outputs_before/outputs_after missing "
-                           "or of different lengths"))
-    metrics = rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {}
-    # judge_style only knows the teaching model's two styles: None is right for GPT-2
-    optional = set() if (step1.get("model") or {}).get("is_teaching", True) else \
-        {"style_rate_before", "style_rate_after"}
-    missing = [k for k in rubric.METRIC_KEYS if not (finite(metrics.get(k)) or (
-        k in optional and k in metrics and metrics[k] is None))]
-    items.append(scored_item(4, "metrics", not missing, "all metrics present" if not missing else
-                       f"missing or not finite: {', '.join(missing)}"))
-    hints = [] if all(i.passed for i in items) else [rubric.NOT_DONE_HINTS[4]]
-    return _result(4, items, hints)
+    if not (isinstance(before, list) and isinstance(after, list) and len(before) == len(after)):
+        return scored(4, "outputs_changed", False, "outputs_before/outputs_after are missing "
+                      "or of different lengths")
+    n = sum(b != a for b, a in zip(before, after))
+    return scored(4, "outputs_changed", n > 0, f"{n}/{len(after)} outputs changed" if n else
+                  "no output changed: the policy behaves like the base model")
+
+
+def _metrics(rec: dict, step1: dict) -> CheckItem:
+    metrics = _dict(rec, "metrics")
+    # judge_style only knows the teaching model's two styles: null is right for GPT-2
+    nullable = set() if _dict(step1, "model").get("is_teaching", True) else {
+        "style_rate_before", "style_rate_after"}
+    missing = [k for k in rubric.METRIC_KEYS if not finite(metrics.get(k))
+               and not (k in nullable and k in metrics and metrics[k] is None)]
+    return scored(4, "metrics", not missing, f"missing or not finite: {', '.join(missing)}"
+                  if missing else "all metrics present")
 
 
 CHECKS = {1: check_step1, 2: check_step2, 3: check_step3, 4: check_step4}
@@ -373,7 +399,3 @@ def check(step: int, run_dir=None) -> CheckResult:
     else:
         result._ipython_display_()
     return result
-
-
-def to_json(results: list[CheckResult]) -> str:
-    return json.dumps([r.to_dict() for r in results], indent=2)

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import checks
-from .checks import finite
-from .checks import scored_item as scored
+from .checks import finite, scored
 from .rubric import CheckItem
 
 FUNCTION = "compute_dpo_loss"
@@ -56,8 +55,10 @@ print(sys.argv[2] + json.dumps(out), flush=True)
 
 
 def definitions_source(notebook_path: str | Path) -> str:
-    """Imports and def/class blocks of every code cell, in order, as one module's source.
-    Cells that do not parse (e.g. unfinished code) are skipped; magics are dropped."""
+    """Imports, def/class blocks and literal constants of every code cell, in order, as one
+    module's source. Cells that do not parse (e.g. unfinished code) are skipped; magics are
+    dropped; imports are kept only when the definitions use a name they bind (importing
+    TRL or matplotlib would only cost seconds and run more untrusted-chosen code)."""
     import nbformat
 
     nb = nbformat.read(str(notebook_path), as_version=4)
@@ -70,9 +71,22 @@ def definitions_source(notebook_path: str | Path) -> str:
             tree = ast.parse(code)
         except SyntaxError:
             continue
-        kept += [ast.unparse(node) for node in tree.body
-                 if isinstance(node, KEPT) or _is_constant(node)]
-    return "\n\n".join(kept) + "\n"
+        kept += [node for node in tree.body if isinstance(node, KEPT) or _is_constant(node)]
+    used = {n.id for node in kept if not isinstance(node, (ast.Import, ast.ImportFrom))
+            for n in ast.walk(node) if isinstance(n, ast.Name)}
+    return "\n\n".join(ast.unparse(node) for node in map(lambda n: _used_imports(n, used), kept)
+                       if node is not None) + "\n"
+
+
+def _used_imports(node, used: set[str]):
+    """The node, with an import statement cut to the names `used` (None if none is)."""
+    if not isinstance(node, (ast.Import, ast.ImportFrom)):
+        return node
+    names = [a for a in node.names
+             if a.name == "*" or (a.asname or a.name.split(".")[0]) in used]
+    if not names:
+        return None
+    return type(node)(**{**{f: getattr(node, f) for f in node._fields}, "names": names})
 
 
 def _is_constant(node) -> bool:
@@ -106,13 +120,12 @@ def compare_with_reference(cases: list[dict], answers) -> tuple[bool, str]:
 
     if not isinstance(answers, list) or len(answers) != len(cases):
         return False, "compute_dpo_loss gave no answer for some inputs"
-    for n, (case, got) in enumerate(zip(cases, answers), start=1):
+    for case, got in zip(cases, answers):
         inputs = [torch.tensor(v, dtype=torch.float32) for v in case["inputs"]]
-        beta = 0.1 if case["beta"] is None else case["beta"]
-        want = dpo_loss(*inputs, beta=beta)
+        want = dpo_loss(*inputs, beta=0.1 if case["beta"] is None else case["beta"])
         if not isinstance(got, list) or len(got) != 3:
-            return False, ("compute_dpo_loss must return (loss, chosen_rewards, "
-                           f"rejected_rewards); it returned {len(got) if isinstance(got, list) else 0} value(s)")
+            return False, ("compute_dpo_loss must return (loss, chosen_rewards, rejected_rewards)"
+                           f"; it returned {len(got) if isinstance(got, list) else 0} value(s)")
         where = f"batch of {len(case['inputs'][0])}, beta={case['beta'] or 'default'}"
         for name, w, g in zip(("loss", "chosen_rewards", "rejected_rewards"), want, got):
             try:
@@ -233,31 +246,45 @@ def copy_artifacts(src: Path, dst: Path) -> list[str]:
 # Recomputations only the auto-grader runs, with its own trusted base model `base`
 # (model, tokenizer, info): they test that the artifacts are what the code would produce.
 def baseline_reproduces_item(run: Path, base) -> CheckItem:
-    rec, err = checks.load_step1(Path(run))
+    rec, err = checks.load_step1(run)
     if rec is None:
         return scored(1, "baseline_reproduces", False, err)
-    model = (rec.get("model") or {}).get("resolved") if isinstance(rec.get("model"), dict) else None
-    if model != base[2].resolved:
+    made_by = checks._dict(rec, "model").get("resolved")
+    if made_by != base[2].resolved:
         return scored(1, "baseline_reproduces", False, f"the baseline says it was made by "
-                     f"{model!r}, but this class uses {base[2].resolved!r}")
-    same, message = _regenerates(base[0], base[1], rec, rec.get("outputs"))
-    return scored(1, "baseline_reproduces", same, message)
+                      f"{made_by!r}, but this class uses {base[2].resolved!r}")
+    return scored(1, "baseline_reproduces", *_regenerates(base[0], base[1], rec, "outputs"))
 
 
-def _regenerates(model, tokenizer, rec: dict, claimed) -> tuple[bool, str]:
+def outputs_reproduce_item(run: Path, base) -> CheckItem:
+    rec, err = checks.load_report(run)
+    step1, err1 = checks.load_step1(run)
+    if rec is None or step1 is None:
+        return scored(4, "outputs_reproduce", False, err or err1)
+    try:
+        policy = load_policy(run, base)
+    except Exception as exc:  # a missing or mismatched policy is the submission's
+        return scored(4, "outputs_reproduce", False, f"cannot load the saved policy: {exc}")
+    claimed = {**step1, "outputs_after": rec.get("outputs_after")}
+    return scored(4, "outputs_reproduce", *_regenerates(policy, base[1], claimed,
+                                                         "outputs_after"))
+
+
+def _regenerates(model, tokenizer, rec: dict, key: str) -> tuple[bool, str]:
+    """Generate rec's prompts with rec's GenerationSpec; equal to rec[key]?"""
     from labkit.config import GenerationSpec
     from labkit.generation import generate
 
     try:
-        spec = GenerationSpec.from_dict(rec.get("generation_spec") or {})
+        spec = GenerationSpec.from_dict(checks._dict(rec, "generation_spec"))
         outputs = generate(model, tokenizer, rec.get("prompts"), spec)
     except Exception as exc:  # a bad spec or prompt list is the submission's
         return False, f"cannot regenerate: {exc}"
-    if outputs == claimed:
+    if outputs == rec.get(key):
         return True, f"all {len(outputs)} outputs regenerated exactly"
-    bad = [i + 1 for i, (a, b) in enumerate(zip(outputs, claimed or [])) if a != b]
-    return False, ("regenerating gives different outputs (prompts "
-                   f"{bad[:5] or 'all'}): the artifact was not produced by the saved model")
+    bad = [i + 1 for i, (a, b) in enumerate(zip(outputs, rec.get(key) or [])) if a != b]
+    return False, (f"regenerating gives different outputs (prompts {bad[:5] or 'all'}): "
+                   "the artifact was not produced by the saved model")
 
 
 def load_policy(run: Path, base):
@@ -282,85 +309,60 @@ def load_policy(run: Path, base):
 
 
 def log_consistent_item(run: Path, base_info) -> CheckItem:
-    run = Path(run)
+    """The log must be what this config on this data from this base model produces."""
     rec, err = checks.load_training(run)
     if rec is None:
         return scored(3, "log_consistent", False, err)
-    entries = training_entries_of(rec)
-    cfg = rec.get("dpo_config") if isinstance(rec.get("dpo_config"), dict) else {}
-    rows, _, meta, _ = checks.load_pairs(run)
-    problems = []
-    lr, bs, epochs = (cfg.get(k) for k in ("learning_rate", "per_device_train_batch_size",
-                                           "num_train_epochs"))
-    if not (finite(lr) and lr > 0):
-        problems.append(f"learning_rate is {lr!r}: nothing can be learned at 0")
-    n = rec.get("n_pairs")
-    if rows is None or n != len(rows) or rec.get("pairs_sha256") != (meta or {}).get("pairs_sha256"):
-        problems.append("it was not trained on the saved step-2 pairs (n_pairs or pairs_sha256 "
-                        "differ)")
-    if finite(bs) and bs >= 1 and finite(epochs) and epochs > 0 and isinstance(n, int):
-        gas = cfg.get("gradient_accumulation_steps") or 1
-        expected = math.ceil(math.ceil(n / bs) / gas * epochs)
-        last = max((e.get("step", 0) for e in entries if finite(e.get("step"))), default=0)
-        if last != expected:
-            problems.append(f"the log ends at step {last}, but {n} pairs at batch {bs} for "
-                            f"{epochs} epochs make {expected} steps")
-    else:
-        problems.append("dpo_config lacks per_device_train_batch_size/num_train_epochs")
-    logged = [e.get("learning_rate") for e in entries if finite(e.get("learning_rate"))]
-    if logged and finite(lr) and (max(logged) <= 0 or max(logged) > lr * (1 + 1e-6)):
+    entries, cfg = checks.training_entries_of(rec), checks._dict(rec, "dpo_config")
+    rows, _, meta, _ = checks.load_pairs(Path(run))
+    lr, n = cfg.get("learning_rate"), rec.get("n_pairs")
+    problems = [] if finite(lr) and lr > 0 else [f"learning_rate is {lr!r}: nothing can be "
+                                                  "learned at 0"]
+    if rows is None or n != len(rows) or rec.get("pairs_sha256") != (meta or {}).get(
+            "pairs_sha256"):
+        problems.append("not trained on the saved step-2 pairs (n_pairs or pairs_sha256 differ)")
+    problems += _step_count_problems(cfg, n, entries)
+    logged = [e["learning_rate"] for e in entries if finite(e.get("learning_rate"))]
+    if logged and finite(lr) and not 0 < max(logged) <= lr * (1 + 1e-6):
         problems.append(f"the logged learning rates (max {max(logged):g}) do not fit "
                         f"learning_rate={lr:g}")
-    base_name = (rec.get("base_model") or {}).get("resolved") \
-        if isinstance(rec.get("base_model"), dict) else None
-    if base_name != base_info.resolved:
-        problems.append(f"trained from {base_name!r}, but this class uses "
+    trained_from = checks._dict(rec, "base_model").get("resolved")
+    if trained_from != base_info.resolved:
+        problems.append(f"trained from {trained_from!r}, but this class uses "
                         f"{base_info.resolved!r}")
     return scored(3, "log_consistent", not problems, "; ".join(problems) or
-                 f"{len(entries)} logged steps fit the config and the step-2 data")
+                  f"{len(entries)} logged steps fit the config and the step-2 data")
 
 
-def training_entries_of(rec: dict) -> list[dict]:
-    from labkit.health import training_entries
-
-    history = rec.get("log_history") if isinstance(rec.get("log_history"), list) else []
-    return training_entries([e for e in history if isinstance(e, dict)])
-
-
-def outputs_reproduce_item(run: Path, base) -> CheckItem:
-    run = Path(run)
-    rec, err = checks.load_report(run)
-    step1, err1 = checks.load_step1(run)
-    if rec is None or step1 is None:
-        return scored(4, "outputs_reproduce", False, err or err1)
-    try:
-        policy = load_policy(run, base)
-    except Exception as exc:  # a missing or mismatched policy is the submission's
-        return scored(4, "outputs_reproduce", False, f"cannot load the saved policy: {exc}")
-    same, message = _regenerates(policy, base[1], step1, rec.get("outputs_after"))
-    return scored(4, "outputs_reproduce", same, message)
-
-
-def student_loss_item(passed: bool, message: str) -> CheckItem:
-    return scored(3, "student_loss", passed, message)
+def _step_count_problems(cfg: dict, n, entries: list[dict]) -> list[str]:
+    bs, epochs = cfg.get("per_device_train_batch_size"), cfg.get("num_train_epochs")
+    if not (finite(bs) and bs >= 1 and finite(epochs) and epochs > 0 and isinstance(n, int)):
+        return ["dpo_config lacks per_device_train_batch_size/num_train_epochs"]
+    accumulation = cfg.get("gradient_accumulation_steps") or 1
+    expected = math.ceil(math.ceil(n / bs) / accumulation * epochs)
+    last = max((e["step"] for e in entries if finite(e.get("step"))), default=0)
+    return [] if last == expected else [f"the log ends at step {last}, but {n} pairs at batch "
+                                        f"{bs} for {epochs} epochs make {expected} steps"]
 
 
 def grade_run(run: Path, base, student_loss: tuple[bool, str]):
-    """Every step's CheckResult on a (sanitised) run directory, integrity items included."""
+    """Every step's CheckResult on a (sanitised) run directory, integrity items included.
+    A step not done at all gets its integrity items as "not done yet" too, except
+    student_loss, which needs only notebook 3's code."""
     from .rubric import NOT_DONE, items_for
 
     results = [checks.check_step1(run), checks.check_step2(run),
                checks.check_step3(run, base=base), checks.check_step4(run)]
-    extra = {1: lambda: [baseline_reproduces_item(run, base)],
-             3: lambda: [log_consistent_item(run, base[2])],
-             4: lambda: [outputs_reproduce_item(run, base)]}
+    recompute = {1: lambda: [baseline_reproduces_item(run, base)],
+                 3: lambda: [log_consistent_item(run, base[2])],
+                 4: lambda: [outputs_reproduce_item(run, base)]}
     for result in results:
         if result.status == NOT_DONE:
-            items = [scored(result.step, i.name, False, f"{NOT_DONE}")
-                     for i in items_for(result.step, integrity=True) if i.name != "student_loss"]
+            items = [scored(result.step, i.name, False, NOT_DONE) for i in
+                     items_for(result.step, integrity=True) if i.name != "student_loss"]
         else:
-            items = extra.get(result.step, list)()
+            items = recompute.get(result.step, list)()
         if result.step == 3:
-            items.append(student_loss_item(*student_loss))
+            items.append(scored(3, "student_loss", *student_loss))
         result.add(items)
     return results

@@ -67,17 +67,18 @@ NOTEBOOKS = {1: "01_baseline.ipynb", 2: "02_preferences.ipynb", 3: "03_train_dpo
 
 # What to do when a step's artifact is missing: which notebook, which cells.
 NOT_DONE_HINTS = {
-    1: "Open notebooks/01_baseline.ipynb, finish its exercises and run every cell top to "
-       "bottom (Kernel > Restart & Run All); the cell that saves the baseline writes "
-       "step1_baseline.json.",
-    2: "Open notebooks/02_preferences.ipynb, write your preference pairs (the exercise cells) "
-       "and run every cell; the cell that saves them writes step2_preferences.jsonl and "
-       "step2_meta.json.",
-    3: "Open notebooks/03_train_dpo.ipynb, write compute_dpo_loss, the DPOConfig/DPOTrainer "
-       "cell and trainer.train(), then run every cell; the last cells save step3_policy/ and "
-       "step3_training.json.",
-    4: "Open notebooks/04_before_after.ipynb and run every cell; it regenerates the step-1 "
-       "prompts with the trained policy and writes step4_report.json.",
+    1: "Open notebooks/01_baseline.ipynb, finish Exercise 1.1 (theme_prompts and far_prompts) "
+       "and run every cell top to bottom (Kernel > Restart & Run All); the cell under "
+       "'5) Save the baseline' writes step1_baseline.json.",
+    2: "Open notebooks/02_preferences.ipynb, finish Exercise 2.1 (at least 8 pairs) and run "
+       "every cell; the cell under '4) Save the dataset' writes step2_preferences.jsonl and "
+       "step2_meta.json. Step 1 must be done first.",
+    3: "Open notebooks/03_train_dpo.ipynb, finish Exercise 3.1 (compute_dpo_loss) and "
+       "Exercise 3.2 (DPOConfig, DPOTrainer, trainer.train()), then run every cell; the cell "
+       "under '5) Save the policy' writes step3_policy/ and step3_training.json.",
+    4: "Open notebooks/04_before_after.ipynb, finish Exercise 4.1 (`changed`) and run every "
+       "cell; the cell under '6) Save the report' writes step4_report.json. Step 3 must be "
+       "done first.",
 }
 
 METRIC_KEYS = ("changed_outputs", "held_prompts", "heldout_preference_accuracy", "kl_mean",

@@ -146,19 +146,38 @@ def test_student_loss_is_tested_from_the_notebook_alone(tmp_path):
         False, "compute_dpo_loss did not finish within 10 s")
 
 
+def parallel_capacity() -> float:
+    """How many cores two CPU-bound processes really get here: 2.0 on an idle two-core
+    machine, nearer 1 on a shared one (then no scheduler can make --jobs 2 faster)."""
+    code = [sys.executable, "-c", "sum(range(3 * 10**7))"]
+    start = time.perf_counter()
+    subprocess.run(code, check=True)
+    one = time.perf_counter() - start
+    start = time.perf_counter()
+    for proc in [subprocess.Popen(code) for _ in range(2)]:
+        proc.wait()
+    return 2 * one / (time.perf_counter() - start)
+
+
 @pytest.mark.slow
 def test_jobs_2_is_faster_than_jobs_1_on_8_submissions(run_submission, tmp_path):
     subs = [run_submission(f"s{i}") for i in range(8)]
-    timings = {}
+    timings, stderr = {}, {}
     for jobs in (1, 2):
-        proc, seconds = grade(subs, tmp_path / f"out{jobs}", "--no-execute", "--jobs", jobs)
+        proc, timings[jobs] = grade(subs, tmp_path / f"out{jobs}", "--no-execute", "--jobs", jobs)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert all(results(tmp_path / f"out{jobs}", f"s{i}")["score"] == 100 for i in range(8))
-        timings[jobs] = seconds
-    print(f"8 submissions (--no-execute): --jobs 1 {timings[1]:.1f} s, --jobs 2 {timings[2]:.1f} s")
-    record_figure("grading 8 submissions --no-execute", f"--jobs 1 {timings[1]:.1f} s, "
-                  f"--jobs 2 {timings[2]:.1f} s")
-    assert timings[2] < timings[1]
+        stderr[jobs] = proc.stderr
+    capacity = parallel_capacity()
+    figure = (f"--jobs 1 {timings[1]:.1f} s, --jobs 2 {timings[2]:.1f} s "
+              f"(two CPU-bound processes get {capacity:.1f} cores here)")
+    print(f"8 submissions (--no-execute): {figure}")
+    record_figure("grading 8 submissions --no-execute", figure)
+    lines = stderr[2].splitlines()
+    first_done = next(i for i, l in enumerate(lines) if " done " in l)
+    assert sum(" start " in l for l in lines[:first_done]) == 2  # two graded at once
+    if capacity >= 1.6:
+        assert timings[2] < timings[1], figure
 
 
 def test_grader_that_cannot_run_exits_non_zero(tmp_path):
