@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_CPU := torch==2.13.0
+# OpenMP's default spin-waiting makes CPU training 2-25x slower on a busy machine
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: run test lab teaching-model release bench clean
 

@@ -27,10 +27,9 @@ def measure(reps: int, quick: bool = False, log=print) -> dict:
     factory = recipes.sample_callback_factory()
     if factory is not None:
         variants["labkit_sample_callback"] = lambda: recipes.labkit_run(epochs, factory)
-    if not quick:
-        log("  warm-up (untimed)")
-        for fn in variants.values():
-            fn()
+    log("  warm-up (untimed)")
+    for fn in variants.values():
+        fn()
     runs = interleave(variants, reps, log)
     result = {name: _reps_summary(r) for name, r in runs.items()}
     labkit, bare = result["labkit"]["median"], result["bare_trl"]["median"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 EVAL_PROMPTS = 3  # held-out prompts the sample callback decodes during training
 
@@ -22,7 +22,6 @@ class RunResult:
 
     log_history: list
     verdict: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def final_loss(self) -> float | None:

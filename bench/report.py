@@ -6,6 +6,7 @@ from; rerunning the bench on any machine rewrites the whole page.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from . import TARGETS
@@ -135,6 +136,12 @@ def _gpu_rows(gpu: dict) -> list[str]:
             f"{_num(peak / 1e12 if peak else None, ' TFLOP/s', 0)} from {gpu['peak_source']}); "
             f"tokenizer: {gpu['tokenizer']}; FLOPs = {gpu['flops_formula']}. Wall = trainer "
             "construction + train (model load excluded); train = `trainer.train()` alone.", "",
+            f"Notebook run (8 pairs × 3 epochs, batch 4): {_num(gpu.get('train_seconds'), ' s')} "
+            f"wall with the faster reference mode (`{gpu.get('faster_mode')}`), "
+            f"{_num(gpu.get('tokens_per_second'), ' tokens/s', 0)}, peak "
+            f"{_num(gpu.get('peak_gpu_mb'), ' MB', 0)}. Runs this small leave the GPU idle "
+            "most of the time (per-step and trainer-construction overhead), hence the low MFU; "
+            "larger batches raise it.", "",
             "| Variant (pairs × epochs, batch) | Reference | Wall s | Train s | Tokens/s | "
             "Peak GPU MB | MFU |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for label, modes in gpu["variants"].items():
@@ -146,6 +153,13 @@ def _gpu_rows(gpu: dict) -> list[str]:
                         f"{_num(m['tokens_per_second']['median'], '', 0)} | "
                         f"{_num(m['peak_gpu_mb']['median'], '', 0)} | {mfu} |")
     return rows
+
+
+def _exception_line(trace: str) -> str:
+    """'RuntimeError: ...' from a traceback whose message may run over several lines."""
+    lines = trace.strip().splitlines() or ["?"]
+    found = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", ln)]
+    return (found[-1] if found else lines[-1])[:300]
 
 
 def _thread_env(mach: dict) -> str:
@@ -170,10 +184,15 @@ def render_section(data: dict) -> str:
         lines += ["| Measure | Median | Target | Met |", "| --- | --- | --- | --- |", *rows]
     gpu = data.get("gpu")
     lines += _gpu_rows(gpu) if gpu else ["", "GPU: not measured (no CUDA device on this run)."]
-    notes = data.get("notes") or []
+    notes = list(data.get("notes") or [])
+    for name, trace in (data.get("errors") or {}).items():
+        notes.append(f"Section `{name}` FAILED: {_exception_line(trace)}")
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text
 
 
 def render(results: list[dict]) -> str:

@@ -220,8 +220,10 @@ def copy_artifacts(src: Path, dst: Path) -> list[str]:
     (checkpoints, caches). Returns what was left out, and why."""
     from labkit import artifacts as A
 
-    skipped = []
     dst.mkdir(parents=True, exist_ok=True)
+    if Path(src).is_symlink():  # e.g. run/ -> another student's run/
+        return [f"{Path(src).name}/ (a symbolic link: nothing in it was graded)"]
+    skipped = []
     names = [A.STEP1_BASELINE, A.STEP2_PAIRS, A.STEP2_META, A.STEP3_TRAINING, A.STEP4_REPORT]
     policy = Path(src) / A.STEP3_POLICY
     if policy.is_dir() and not policy.is_symlink():

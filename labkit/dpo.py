@@ -143,7 +143,8 @@ def dpo_gradient_weight(chosen_rewards, rejected_rewards) -> torch.Tensor:
     return torch.sigmoid(rejected_rewards - chosen_rewards)
 
 
-def crosscheck_with_trl(trainer, n_pairs: int | None = None, loss_fn=dpo_loss) -> dict:
+def crosscheck_with_trl(trainer, n_pairs: int | None = None, loss_fn=dpo_loss,
+                        ref_model=None) -> dict:
     """Recompute TRL's numbers with the functions above, from the raw text.
 
     `first_step`: the first logged training step. TRL's reference is the policy's starting
@@ -151,11 +152,13 @@ def crosscheck_with_trl(trainer, n_pairs: int | None = None, loss_fn=dpo_loss) -
     for both (loss ln 2, rewards 0 when the reference is a copy of the starting policy).
     `current`: the trained policy vs the reference on the first `n_pairs` training pairs,
     next to TRL's own `compute_loss` on the same pairs. `loss_fn` can be a student's.
+    `ref_model`: the reference, when the trainer keeps none (precomputed reference log-probs).
     """
-    policy, ref = trainer.model, trainer.ref_model
+    policy, ref = trainer.model, ref_model if ref_model is not None else trainer.ref_model
     if ref is None:
-        raise ValueError("crosscheck_with_trl needs a separate ref_model (pass "
-                         "ref_model=copy.deepcopy(model) to DPOTrainer)")
+        raise ValueError("crosscheck_with_trl needs the reference model: the trainer has none "
+                         "(precompute_ref_log_probs=True), so pass ref_model= (the base model "
+                         "loaded again)")
     beta, tok = trainer.beta, trainer.processing_class
     n = n_pairs or trainer.args.per_device_train_batch_size
     raw = trainer.train_dataset.select(range(min(n, len(trainer.train_dataset))))

@@ -85,6 +85,9 @@ def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
     run_dir.mkdir(parents=True, exist_ok=True)
     os.environ["LABKIT_RUN_DIR"] = str(run_dir)
     os.environ["LABKIT_STATIC_WIDGETS"] = "1"  # no browser: the explorer saves as HTML
+    # kernels inherit it: OpenMP's default spin-waiting made CPU training 2-25x slower
+    # whenever anything else ran on a 2-core machine (docs/benchmarks.md)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if model:
         os.environ["LABKIT_MODEL"] = model
     steps, start = [], time.perf_counter()

@@ -119,6 +119,13 @@ def test_symlinked_artifacts_are_not_followed(run_submission, tmp_path):
     proc, _ = grade([sub], tmp_path / "out", "--no-execute")
     res = results(tmp_path / "out", "links")
     assert step_score(res, 1) == 0 and "not a regular file" in res["output"]
+    other = run_submission("other")  # a run/ that points at another submission's run/
+    shutil.rmtree(other / "run")
+    (other / "run").symlink_to(run_submission("victim") / "run")
+    grade([other], tmp_path / "out2", "--no-execute")
+    res = results(tmp_path / "out2", "other")
+    assert all(step_score(res, step) == 0 for step in (1, 2, 4))
+    assert "a symbolic link: nothing in it was graded" in res["output"]
 
 
 @pytest.mark.slow
@@ -147,9 +154,10 @@ def test_student_loss_is_tested_from_the_notebook_alone(tmp_path):
 
 
 def parallel_capacity() -> float:
-    """How many cores two CPU-bound processes really get here: 2.0 on an idle two-core
-    machine, nearer 1 on a shared one (then no scheduler can make --jobs 2 faster)."""
-    code = [sys.executable, "-c", "sum(range(3 * 10**7))"]
+    """Throughput of two processes doing what a grading job mostly does (start Python,
+    import torch and transformers) relative to one: 2.0 with two free cores, about 1.0 on
+    a shared or I/O-bound machine, where no process pool can make --jobs 2 faster."""
+    code = [sys.executable, "-c", "import torch, transformers; transformers.GPT2Config()"]
     start = time.perf_counter()
     subprocess.run(code, check=True)
     one = time.perf_counter() - start
@@ -169,14 +177,14 @@ def test_jobs_2_is_faster_than_jobs_1_on_8_submissions(run_submission, tmp_path)
         assert all(results(tmp_path / f"out{jobs}", f"s{i}")["score"] == 100 for i in range(8))
         stderr[jobs] = proc.stderr
     capacity = parallel_capacity()
-    figure = (f"--jobs 1 {timings[1]:.1f} s, --jobs 2 {timings[2]:.1f} s "
-              f"(two CPU-bound processes get {capacity:.1f} cores here)")
+    figure = (f"--jobs 1 {timings[1]:.1f} s, --jobs 2 {timings[2]:.1f} s (parallel "
+              f"capacity here: {capacity:.1f}x for two torch-importing processes)")
     print(f"8 submissions (--no-execute): {figure}")
     record_figure("grading 8 submissions --no-execute", figure)
     lines = stderr[2].splitlines()
     first_done = next(i for i, l in enumerate(lines) if " done " in l)
     assert sum(" start " in l for l in lines[:first_done]) == 2  # two graded at once
-    if capacity >= 1.6:
+    if capacity >= 1.6:  # otherwise the machine, not the grader, decides: see the figure
         assert timings[2] < timings[1], figure
 
 

@@ -112,7 +112,10 @@ def test_generation_spec_from_dict_validates_values_too():
 # ------------------------------------------------------------------------------- presets
 def test_presets_exist_for_both_model_families():
     assert preset_for(True) is PRESETS["teaching"]
-    assert preset_for(False) is PRESETS["gpt2"]
+    assert preset_for(False, "cuda") is PRESETS["gpt2"]
+    on_cpu = preset_for(False, "cpu")  # bench: precomputed reference log-probs are faster there
+    assert on_cpu.precompute_ref_log_probs and not PRESETS["gpt2"].precompute_ref_log_probs
+    assert on_cpu.learning_rate == PRESETS["gpt2"].learning_rate
     for preset in PRESETS.values():
         # TRL's defaults are wrong for a small lab: these must be set explicitly
         assert preset.logging_steps == 1
