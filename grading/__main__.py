@@ -41,6 +41,8 @@ def parse_args(argv):
                         help="put the sandboxes (work folders, executed run directories) in "
                              "DIR and keep them, for debugging")
     args = parser.parse_args(argv)
+    if Path(args.model).exists():  # a local model: kernels run elsewhere, so make it absolute
+        args.model = str(Path(args.model).resolve())
     if args.jobs < 1 or args.timeout <= 0 or args.cell_timeout <= 0:
         parser.error("--jobs, --timeout and --cell-timeout must be positive")
     return args

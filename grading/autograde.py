@@ -122,7 +122,8 @@ class Sandbox:
         keeps = sorted({_real(p) for p in [self.root, self.work, REPO / "labkit",
                         REPO / "grading", Path(sys.prefix),
                         Path(sys.base_prefix), Path(sys.executable).resolve().parent,
-                        _labkit_cache(), _hf_hub_cache()] if p and Path(p).exists()},
+                        _labkit_cache(), _hf_hub_cache(), Path(self.model)]  # model: a path?
+                        if p and Path(p).exists()},
                        key=lambda p: (len(p.parts), str(p)))
         hides = [h for h in {_real(h) for h in (Path.home(), REPO, *self.hide)}
                  if str(h) not in SYSTEM_DIRS]
