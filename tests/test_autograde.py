@@ -183,7 +183,7 @@ def test_jobs_2_is_faster_than_jobs_1_on_8_submissions(run_submission, tmp_path)
     record_figure("grading 8 submissions --no-execute", figure)
     lines = stderr[2].splitlines()
     first_done = next(i for i, l in enumerate(lines) if " done " in l)
-    assert sum(" start " in l for l in lines[:first_done]) == 2  # two graded at once
+    assert sum(" start " in l for l in lines[:first_done]) >= 2  # two graded at once
     if capacity >= 1.6:  # otherwise the machine, not the grader, decides: see the figure
         assert timings[2] < timings[1], figure
 
