@@ -148,8 +148,8 @@ def build_corpus(seed: int = PRETRAIN["seed"]) -> list[dict]:
 
 def make_preference_pairs(n: int = 8, seed: int = 0, concepts=PAIR_CONCEPTS) -> list[dict]:
     """`n` {prompt, chosen, rejected} pairs preferring plain over jargon, on pair concepts
-    only (never the held-out ones). Responses start with a space: TRL joins prompt and
-    completion by plain concatenation."""
+    only (never the held-out ones). Prompts end in a newline, so TRL's plain concatenation
+    of prompt and completion keeps the prompt's tokens a prefix of the pair's."""
     if n > len(concepts):
         raise ValueError(f"at most {len(concepts)} distinct pair concepts, asked for {n}")
     rng = random.Random(seed)
