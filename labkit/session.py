@@ -22,6 +22,7 @@ HARMLESS_WARNINGS = (
     r".*resume_download.*",
     r".*IProgress not found.*",
     r".*`use_cache=True` is incompatible with gradient checkpointing.*",
+    r".*'pin_memory' argument is set as true but no accelerator is found.*",
 )
 
 

@@ -58,3 +58,16 @@ def test_missing_notebooks_are_reported_clearly(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="expected the 4 lab notebooks"):
         notebook_paths(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,plots", [("03_train_dpo", 3), ("04_before_after", 2)])
+def test_executed_notebooks_show_their_plots_and_no_library_noise(lab_run, name, plots):
+    import nbformat
+
+    nb = nbformat.read(lab_run.run_dir / "executed" / f"{name}.ipynb", as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= plots, f"{name}: {len(images)} plots shown, expected {plots}"
+    stderr = [o["text"] for o in outputs if o.get("name") == "stderr"]
+    assert not any("Warning" in text for text in stderr), stderr
