@@ -1,4 +1,4 @@
-"""Atomic, versioned save/load of every step's artifact.
+"""Atomic, versioned save/load under the step records (labkit.steps), and weight hashes.
 
 Each write goes to a temporary file (or folder) in the same directory and is then renamed
 over the target, so an interrupted step never leaves a half-written artifact and re-running
@@ -18,6 +18,7 @@ from pathlib import Path
 from .config import LabConfig
 
 SCHEMA_VERSION = 1
+# The artifact names, here and nowhere else; their fields are the records in labkit.steps.
 STEP1_BASELINE = "step1_baseline.json"
 STEP2_PAIRS = "step2_preferences.jsonl"
 STEP2_META = "step2_meta.json"
@@ -131,25 +132,3 @@ def save_policy(model, tokenizer, directory: Path) -> str:
         return digest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-# Payloads of each step's artifact (beyond the header that save_json adds). Notebooks write
-# them, grading.checks reads them; change both together.
-#
-# step1_baseline.json  kind="step1_baseline":
-#   model: ModelInfo dict · seed · generation_spec: GenerationSpec dict
-#   prompts: [str] · prompt_kinds: ["theme"|"far", ...] · outputs: [str]
-# step2_preferences.jsonl: one {prompt, chosen, rejected} per line (labkit.data.save_jsonl)
-# step2_meta.json  kind="step2_meta":
-#   n_pairs · pairs_sha256 (of the JSONL bytes) · heldout_prompts: [str] · theme: str
-# step3_policy/: save_pretrained folder of the trained policy (save_policy)
-# step3_training.json  kind="step3_training":
-#   base_model: ModelInfo dict · policy_sha256 · pairs_sha256 · n_pairs · train_seconds
-#   dpo_config: {learning_rate, beta, num_train_epochs, per_device_train_batch_size,
-#                max_length, loss_type, seed, precompute_ref_log_probs}
-#   log_history: trainer.state.log_history · health: {verdict, reasons, advice}
-#   crosscheck: {student_loss, labkit_loss, trl_loss, abs_diff}
-# step4_report.json  kind="step4_report":
-#   generation_spec · prompts · outputs_before · outputs_after · changed: [bool]
-#   policy_sha256 · metrics: {changed_outputs, held_prompts, heldout_preference_accuracy,
-#     kl_mean, perplexity_before, perplexity_after, style_rate_before, style_rate_after}
