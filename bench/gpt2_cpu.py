@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def model_dir() -> Path:
     """The random GPT-2 is built once (seconds) and cached beside labkit's other models."""
-    from labkit.gpt2_shaped import build_random_gpt2
+    from bench.gpt2_shaped import build_random_gpt2
 
     return build_random_gpt2(labkit_cache() / "bench-gpt2-random-124m")
 

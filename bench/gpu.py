@@ -42,7 +42,7 @@ def peak_flops(name: str, override_tflops: float | None = None) -> tuple[float |
 
 def _offline_tokenizer():
     """(tokenizer, description): GPT-2's real one if its files are here, else teaching's."""
-    from labkit.gpt2_shaped import gpt2_tokenizer
+    from bench.gpt2_shaped import gpt2_tokenizer
 
     files = labkit_cache() / "gpt2-tokenizer"
     if (files / "encoder.json").exists() and (files / "vocab.bpe").exists():

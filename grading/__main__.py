@@ -10,7 +10,6 @@ grading ran, 2 when the grader itself could not run.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -20,7 +19,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from . import rubric
+from .results import feedback, gradebook_row, gradescope, write_gradebook
 
 
 def parse_args(argv):
@@ -91,14 +90,14 @@ def prepare_model(name: str, jobs: int) -> str:
     """Make sure the class's model is there before any job starts (the teaching model is
     built once, here, not by racing jobs). With one job the loaded model is reused; with
     several, each worker loads its own, so the teaching model is only built here."""
-    from . import autograde
-
     if jobs > 1 and name == "teaching":
         from labkit import teaching
 
         teaching.ensure_teaching_model(progress=False)
         return name
-    return autograde.base_model(name)[2].resolved
+    from .policy import base_model
+
+    return base_model(name)[2].resolved
 
 
 def run_batch(args, opts) -> list[dict]:
@@ -155,81 +154,6 @@ def finish(out: Path, name: str, path: Path, n: int, total: int, get) -> dict:
           f"({record['seconds']:.1f} s){' - ' + row['problems'] if row['problems'] else ''}",
           file=sys.stderr, flush=True)
     return row
-
-
-def gradescope(record: dict) -> dict:
-    """Gradescope's results.json: one test per rubric item, plus the notebook runs."""
-    tests = []
-    for step in record["steps"]:
-        for n, item in enumerate(step["items"], 1):
-            tests.append({"name": f"Step {step['step']} ({step['title']}): {item['name']}",
-                          "number": f"{step['step']}.{n}", "score": item["earned"],
-                          "max_score": item["points"], "visibility": "visible",
-                          "status": "passed" if item["passed"] else "failed",
-                          "output": item["message"]})
-    for run in record["runs"]:
-        tests.append({"name": f"Run {run['notebook']}", "score": 0, "max_score": 0,
-                      "visibility": "visible",
-                      "status": "passed" if run["status"] == "ok" else "failed",
-                      "output": f"{run['status']}: {run['message'] or 'ran to the end'} "
-                                f"({run['seconds']:.1f} s)"})
-    graded = [s["step"] for s in record["steps"]] or [1, 2, 3, 4]
-    return {"score": sum(s["score"] for s in record["steps"]),
-            "max_score": sum(rubric.max_points(s) for s in graded),
-            "execution_time": round(record["seconds"], 1), "output": summary(record),
-            "visibility": "visible", "stdout_visibility": "hidden", "tests": tests}
-
-
-def summary(record: dict) -> str:
-    lines = [f"{s['title']}: {s['status']} ({s['score']:g}/{s['max_score']:g})"
-             for s in record["steps"]]
-    lines += [f"{r['notebook']}: {r['status']} {r['message']}".rstrip() for r in record["runs"]
-              if r["status"] != "ok"]
-    return "\n".join(lines + record["notes"])
-
-
-def feedback(record: dict) -> str:
-    lines = [f"# Feedback: {record['name']}", ""]
-    for step in record["steps"]:
-        lines += [f"## Step {step['step']} - {step['title']}: {step['status']} "
-                  f"({step['score']:g}/{step['max_score']:g})", "",
-                  "| | check | points | details |", "|---|---|---|---|"]
-        lines += [f"| {'pass' if i['passed'] else 'FAIL'} | {i['name']} | {i['earned']:g}/"
-                  f"{i['points']:g} | {_cell(i['message'])} |" for i in step["items"]]
-        lines += [""] + [f"Hint: {h}" for h in step["hints"]] + [""]
-    if record["runs"]:
-        lines += ["## Notebook runs", ""] + [
-            f"- {r['notebook']}: {r['status']} ({r['seconds']:.1f} s) {r['message']}".rstrip()
-            for r in record["runs"]] + [""]
-    if record["notes"]:
-        lines += ["## Notes", ""] + [f"- {n}" for n in record["notes"]] + [""]
-    lines += [f"Isolation: {record['isolation'] or 'n/a'}", ""]
-    return "\n".join(lines)
-
-
-def _cell(text: str) -> str:
-    """Text safe inside a Markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def gradebook_row(record: dict, results: dict) -> dict:
-    steps = {s["step"]: s["score"] for s in record["steps"]}
-    problems = [f"{r['notebook']}: {r['status']}" for r in record["runs"] if r["status"] != "ok"]
-    problems += [n for n in record["notes"] if n.startswith("the grader failed")]
-    return {"submission": record["name"], "score": results["score"],
-            "max_score": results["max_score"],
-            **{f"step{k}": steps.get(k, "") for k in range(1, 5)},
-            "seconds": round(record["seconds"], 1), "problems": "; ".join(problems),
-            "source": record["source"]}
-
-
-def write_gradebook(path: Path, rows: list[dict]) -> None:
-    fields = ["submission", "score", "max_score", "step1", "step2", "step3", "step4",
-              "seconds", "problems", "source"]
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 if __name__ == "__main__":

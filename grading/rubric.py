@@ -1,4 +1,4 @@
-"""The points table (every graded item of steps 1-4) and the scored result it fills in.
+"""The points table: every graded item of steps 1-4, as data (results: grading.results).
 
 Checks (grading.checks) and the auto-grader look points and descriptions up here, so the
 rubric an instructor reads is exactly the one that is scored. Items marked `integrity` are
@@ -8,8 +8,9 @@ not score them. Each step is worth 25 points in the auto-grader, 100 in all.
 """
 from __future__ import annotations
 
-import html
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from labkit.steps import METRIC_KEYS  # noqa: F401 - the rubric's `metrics` item
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,6 @@ NOT_DONE_HINTS = {
        "done first.",
 }
 
-METRIC_KEYS = ("changed_outputs", "held_prompts", "heldout_preference_accuracy", "kl_mean",
-               "perplexity_before", "perplexity_after", "style_rate_before", "style_rate_after")
-
 
 def items_for(step: int, integrity: bool | None = None) -> list[Item]:
     """The step's items; `integrity` True/False selects only those / only the others."""
@@ -113,94 +111,4 @@ def as_markdown() -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- results
 NOT_DONE = "not done yet"
-
-
-@dataclass
-class CheckItem:
-    name: str
-    points: float
-    passed: bool
-    message: str
-    integrity: bool = False
-
-    @property
-    def earned(self) -> float:
-        return self.points if self.passed else 0.0
-
-
-@dataclass
-class CheckResult:
-    """One step's grade. `status` is 'passed', 'failed' or 'not done yet'; `pending` names
-    the integrity items only the auto-grader runs (not scored here)."""
-
-    step: int
-    items: list[CheckItem]
-    hints: list[str] = field(default_factory=list)
-    status: str = ""
-    pending: list[str] = field(default_factory=list)
-
-    def __post_init__(self):
-        self.status = self.status or ("passed" if self.passed else "failed")
-
-    @property
-    def passed(self) -> bool:
-        return all(i.passed for i in self.items)
-
-    @property
-    def score(self) -> float:
-        return sum(i.earned for i in self.items)
-
-    @property
-    def max_score(self) -> float:
-        return sum(i.points for i in self.items)
-
-    def add(self, items: list[CheckItem]) -> None:
-        """Add (integrity) items; the status follows unless the step was not done at all."""
-        self.items.extend(items)
-        self.pending = [p for p in self.pending if p not in {i.name for i in items}]
-        if self.status != NOT_DONE:
-            self.status = "passed" if self.passed else "failed"
-
-    def to_dict(self) -> dict:
-        return {"step": self.step, "title": STEP_TITLES[self.step], "status": self.status,
-                "passed": self.passed, "score": self.score, "max_score": self.max_score,
-                "items": [{**i.__dict__, "earned": i.earned} for i in self.items],
-                "hints": self.hints, "pending": self.pending}
-
-    def __str__(self) -> str:
-        head = (f"Step {self.step} - {STEP_TITLES[self.step]}: {self.status.upper()} "
-                f"({self.score:g}/{self.max_score:g} points)")
-        lines = [head] + [f"  [{'x' if i.passed else ' '}] {i.name} ({i.earned:g}/{i.points:g})"
-                          f": {i.message}" for i in self.items]
-        lines += [f"  Hint: {h}" for h in self.hints]
-        if self.pending:
-            lines.append(f"  The auto-grader also checks: {', '.join(self.pending)}")
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        colour = {"passed": "#1a7f37", "failed": "#cf222e"}.get(self.status, "#9a6700")
-        rows = "".join(
-            f"<tr><td>{'&#10004;' if i.passed else '&#10008;'}</td><td><code>{i.name}</code>"
-            f"</td><td>{i.earned:g}/{i.points:g}</td><td>{html.escape(i.message)}</td></tr>"
-            for i in self.items)
-        hints = "".join(f"<li>{html.escape(h)}</li>" for h in self.hints)
-        pending = (f"<p><i>The auto-grader also checks: {html.escape(', '.join(self.pending))}"
-                   "</i></p>" if self.pending else "")
-        return (f"<div><h4 style='color:{colour}'>Step {self.step} &mdash; "
-                f"{html.escape(STEP_TITLES[self.step])}: {self.status} "
-                f"({self.score:g}/{self.max_score:g} points)</h4><table><tr><th></th>"
-                f"<th>check</th><th>points</th><th>details</th></tr>{rows}</table>"
-                f"{'<ul>' + hints + '</ul>' if hints else ''}{pending}</div>")
-
-    def _ipython_display_(self):
-        from IPython import get_ipython
-        from IPython.display import display
-
-        shell = get_ipython()
-        count = getattr(shell, "execution_count", None)
-        if count is not None and getattr(self, "_shown_in", None) == count:
-            return  # grading.check already displayed it in this cell
-        self._shown_in = count
-        display({"text/html": self._repr_html_(), "text/plain": str(self)}, raw=True)

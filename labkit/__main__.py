@@ -17,16 +17,18 @@ def _teaching_model(args) -> int:
 
 
 def _run(args) -> int:
-    from .artifacts import run_dir
-    from .runner import run_lab
+    """Hand over to the headless runner, `python -m grading.runner`, in a new process: it
+    runs each step's check, and labkit (the lower package) never imports grading."""
+    import subprocess
 
-    report = run_lab(run_dir(args.run_dir), model=args.model, cell_timeout=args.cell_timeout)
-    return 0 if report["passed"] else 1
+    argv = [sys.executable, "-m", "grading.runner", "--cell-timeout", str(args.cell_timeout)]
+    argv += ["--model", args.model] if args.model else []
+    argv += ["--run-dir", args.run_dir] if args.run_dir else []
+    return subprocess.call(argv)
 
 
 def _release(args) -> int:
-    from .release import release
-    from .runner import NOTEBOOKS_DIR
+    from .release import NOTEBOOKS_DIR, release
 
     counts = release(Path(args.source or NOTEBOOKS_DIR), Path(args.out))
     for name, n in counts.items():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nbformat
 
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 EXERCISE = re.compile(r"#\s*(Exercise\s+\d+\.\d+)\s*:?\s*(.*)")
 

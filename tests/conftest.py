@@ -173,7 +173,7 @@ def _need_gpt2_tokenizer_source(cache: Path) -> None:
 @pytest.fixture(scope="session")
 def gpt2_tokenizer(labkit_cache):
     """GPT-2's real tokenizer (50257 tokens), prepared like load_model prepares it."""
-    from labkit.gpt2_shaped import gpt2_tokenizer as build
+    from bench.gpt2_shaped import gpt2_tokenizer as build
     from labkit.models import prepare_tokenizer
 
     _need_gpt2_tokenizer_source(labkit_cache)
@@ -183,7 +183,7 @@ def gpt2_tokenizer(labkit_cache):
 @pytest.fixture(scope="session")
 def gpt2_dir(tmp_path_factory, labkit_cache) -> Path:
     """A randomly initialised 124 M GPT-2 with the real tokenizer (mark users `slow`)."""
-    from labkit.gpt2_shaped import build_random_gpt2
+    from bench.gpt2_shaped import build_random_gpt2
 
     _need_gpt2_tokenizer_source(labkit_cache)
     start = time.perf_counter()

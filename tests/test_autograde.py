@@ -130,10 +130,10 @@ def test_symlinked_artifacts_are_not_followed(run_submission, tmp_path):
 
 @pytest.mark.slow
 def test_student_loss_is_tested_from_the_notebook_alone(tmp_path):
-    """extract.check_student_loss: solution passes; a wrong loss, the release's stub, a
+    """student_code.check_student_loss: solution passes; a wrong loss, the release's stub, a
     notebook without the function and one that hangs at definition time all fail."""
-    from grading.autograde import Sandbox
-    from grading.extract import check_student_loss, definitions_source
+    from grading.sandbox import Sandbox
+    from grading.student_code import check_student_loss, definitions_source
 
     box = Sandbox(tmp_path / "box", "teaching").create()
     nb3 = craft.NOTEBOOKS / craft.NAMES[3]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import grading
-from grading import checks, extract, rubric
+from grading import checks, integrity, results, rubric
 from labkit import artifacts as A
 
 
@@ -79,7 +79,7 @@ def test_check_shows_once_in_ipython_even_as_last_expression(tmp_path, capsys):
 
 
 def test_html_escapes_messages():
-    result = rubric.CheckResult(1, [rubric.CheckItem("x", 1, False, "<script>alert(1)</script>")])
+    result = results.CheckResult(1, [results.CheckItem("x", 1, False, "<script>alert(1)</script>")])
     assert "<script>" not in result._repr_html_() and "&lt;script&gt;" in result._repr_html_()
     assert result.status == "failed" and result.to_dict()["max_score"] == 1
 
@@ -201,9 +201,9 @@ def test_step4_needs_the_step1_prompts_a_change_and_every_metric(run):
 # ----------------------------------------------------------------------------- integrity
 @pytest.mark.slow
 def test_integrity_recomputations_pass_on_the_real_run(run, teaching):
-    assert extract.baseline_reproduces_item(run, teaching).passed
-    assert extract.log_consistent_item(run, teaching[2]).passed
-    assert extract.outputs_reproduce_item(run, teaching).passed
+    assert integrity.baseline_reproduces_item(run, teaching).passed
+    assert integrity.log_consistent_item(run, teaching[2]).passed
+    assert integrity.outputs_reproduce_item(run, teaching).passed
 
 
 @pytest.mark.slow
@@ -211,7 +211,7 @@ def test_outputs_edited_into_the_report_do_not_reproduce(run, teaching):
     edit_json(run / A.STEP4_REPORT, lambda r: r.update(outputs_after=[
         "Think of it like a recipe you follow step by step." for _ in r["outputs_after"]]))
     assert checks.check_step4(run).passed  # the artifact alone looks fine...
-    reproduced = extract.outputs_reproduce_item(run, teaching)
+    reproduced = integrity.outputs_reproduce_item(run, teaching)
     assert not reproduced.passed and "not produced by the saved model" in reproduced.message
 
 
@@ -219,5 +219,5 @@ def test_outputs_edited_into_the_report_do_not_reproduce(run, teaching):
 def test_log_that_does_not_fit_its_config_is_caught(run, teaching):
     edit_json(run / A.STEP3_TRAINING, lambda r: r["dpo_config"].update(
         learning_rate=0.0, num_train_epochs=3))
-    message = extract.log_consistent_item(run, teaching[2]).message
+    message = integrity.log_consistent_item(run, teaching[2]).message
     assert "learning_rate is 0.0" in message and "make 6 steps" in message

@@ -154,7 +154,7 @@ def test_gpt2_tokenizer_is_the_real_one(gpt2_tokenizer):
 
 
 def test_prepare_tokenizer_gives_gpt2_a_pad_token(labkit_cache, gpt2_tokenizer):
-    from labkit.gpt2_shaped import gpt2_tokenizer as build
+    from bench.gpt2_shaped import gpt2_tokenizer as build
 
     raw = build()
     assert raw.pad_token is None  # GPT-2 has none

@@ -54,7 +54,7 @@ def test_gpt2_shaped_model_runs_the_whole_lab(tmp_path, gpt2_dir):
 
 
 def test_missing_notebooks_are_reported_clearly(tmp_path):
-    from labkit.runner import notebook_paths
+    from grading.runner import notebook_paths
 
     with pytest.raises(FileNotFoundError, match="expected the 4 lab notebooks"):
         notebook_paths(tmp_path)

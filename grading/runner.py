@@ -1,20 +1,26 @@
-"""Run the whole lab headless: the four notebooks in order, each in a fresh kernel.
+"""Run the whole lab headless: the four notebooks in order, each in a fresh kernel, each
+step checked as the notebook's own `grading.check(N)` would.
 
-This is what `make run` and CI do, and what a student's notebooks do by hand: same cells,
-same artifacts, same checks. Executed copies are kept in the run directory for reading.
+This is what `make run` and CI do (`python -m labkit run` hands over to
+`python -m grading.runner`: labkit itself never imports grading), and what a student's
+notebooks do by hand: same cells, same artifacts, same checks. Executed copies are kept in
+the run directory for reading.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
-import nbformat
+from labkit import artifacts
+from labkit.release import NOTEBOOKS_DIR
+from labkit.steps import Step1Baseline, Step2Meta, Step3Training, Step4Report
 
-from . import artifacts
-
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+from . import checks
+from .kernel import execute_notebook
 
 
 def notebook_paths(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -25,49 +31,19 @@ def notebook_paths(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
     return paths
 
 
-def execute_notebook(path: Path, out_path: Path, cell_timeout: int) -> str | None:
-    """Execute in a fresh kernel (cwd = the notebook's folder); save the executed copy.
-    Returns None on success, else a one-line reason."""
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError
-
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}},
-                            # ipykernel 7 warns about TCP transport on every start
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
-    error = None
-    try:
-        client.execute()
-    except CellTimeoutError:
-        error = f"a cell ran longer than {cell_timeout} s"
-    except CellExecutionError as exc:
-        error = _last_line(exc)
-    finally:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, out_path)
-    return error
-
-
-def _last_line(exc: Exception) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    errors = [line for line in lines if "Error" in line or "Exception" in line]
-    return (errors or lines or ["error"])[-1].strip()[:300]
-
-
 def key_figure(step: int, run_dir: Path) -> str:
     """One number per step that tells a reader whether it worked."""
     try:
         if step == 1:
-            data = artifacts.load_json(run_dir / artifacts.STEP1_BASELINE)
-            return f"{len(data['prompts'])} held prompts, model {data['model']['resolved']}"
+            data = Step1Baseline.load(run_dir)
+            return f"{len(data.prompts)} held prompts, model {data.model['resolved']}"
         if step == 2:
-            return f"{artifacts.load_json(run_dir / artifacts.STEP2_META)['n_pairs']} pairs"
+            return f"{Step2Meta.load(run_dir).n_pairs} pairs"
         if step == 3:
-            data = artifacts.load_json(run_dir / artifacts.STEP3_TRAINING)
-            losses = [e["loss"] for e in data["log_history"] if "loss" in e]
-            return f"{data['health']['verdict']}, loss {losses[0]:.3f} -> {losses[-1]:.3f}"
-        m = artifacts.load_json(run_dir / artifacts.STEP4_REPORT)["metrics"]
+            data = Step3Training.load(run_dir)
+            losses = [e["loss"] for e in data.log_history if "loss" in e]
+            return f"{data.health['verdict']}, loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+        m = Step4Report.load(run_dir).metrics
         text = f"{m['changed_outputs']}/{m['held_prompts']} held outputs changed"
         if m.get("style_rate_before") is not None:
             text += f", plain style {m['style_rate_before']:.2f} -> {m['style_rate_after']:.2f}"
@@ -79,8 +55,6 @@ def key_figure(step: int, run_dir: Path) -> str:
 def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
             notebooks_dir: Path = NOTEBOOKS_DIR) -> dict:
     """Execute the four notebooks, grade each step, write `run_dir/report.json`."""
-    from grading import checks
-
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     os.environ["LABKIT_RUN_DIR"] = str(run_dir)
@@ -94,7 +68,8 @@ def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
     for step, path in enumerate(notebook_paths(notebooks_dir), start=1):
         print(f"[{step}/4] {path.name} ...", flush=True)
         began = time.perf_counter()
-        error = execute_notebook(path, run_dir / "executed" / path.name, cell_timeout)
+        run = execute_notebook(path, step, cell_timeout=cell_timeout, save_to=run_dir / "executed")
+        error = None if run.status == "ok" else f"{run.status}: {run.message}"
         seconds = time.perf_counter() - began
         result = checks.CHECKS[step](run_dir)
         steps.append({"step": step, "notebook": path.name, "passed": bool(result.passed),
@@ -113,12 +88,12 @@ def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
 def _report(run_dir: Path, steps: list[dict], seconds: float) -> dict:
     model, metrics = {}, None
     try:
-        info = artifacts.load_json(run_dir / artifacts.STEP1_BASELINE)["model"]
+        info = Step1Baseline.load(run_dir).model
         model = {k: info[k] for k in ("requested", "resolved", "fell_back", "reason", "device")}
     except artifacts.ArtifactError:
         pass
     try:
-        metrics = artifacts.load_json(run_dir / artifacts.STEP4_REPORT)["metrics"]
+        metrics = Step4Report.load(run_dir).metrics
     except artifacts.ArtifactError:
         pass
     return {"model": model, "steps": steps, "metrics": metrics, "total_seconds": round(seconds, 1),
@@ -137,3 +112,20 @@ def print_summary(report: dict) -> None:
     print(f"total: {report['total_seconds']:.1f} s - "
           f"{'all four checks pass' if report['passed'] else 'some checks FAILED'}")
     print(json.dumps(report["metrics"], indent=1) if report["metrics"] else "no step-4 metrics")
+
+
+def main(argv=None) -> int:
+    """`python -m grading.runner` (what `python -m labkit run` runs)."""
+    parser = argparse.ArgumentParser(prog="python -m labkit run", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", help="gpt2 (default), teaching, a hub id or a local path")
+    parser.add_argument("--run-dir", help="where artifacts go (default: $LABKIT_RUN_DIR or "
+                        "runs/default)")
+    parser.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell")
+    args = parser.parse_args(argv)
+    report = run_lab(artifacts.run_dir(args.run_dir), model=args.model,
+                     cell_timeout=args.cell_timeout)
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Execute one notebook in a fresh kernel: the one place notebooks are run, by the headless
+lab (`python -m labkit run`, trusted, the ordinary python3 kernel) and by the auto-grader
+(untrusted, a kernel inside a `Sandbox`, over Unix sockets). Stops at the first error, a
+cell time-out or the deadline, and says which in a `NotebookRun`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .sandbox import Sandbox, _kill_group
+
+
+@dataclass
+class NotebookRun:
+    """What happened when one notebook ran: status is ok, error, timeout, died, invalid,
+    missing or skipped."""
+
+    step: int
+    notebook: str
+    status: str
+    message: str = ""
+    seconds: float = 0.0
+
+
+def execute_notebook(path: Path, step: int, *, cell_timeout: float, deadline: float = math.inf,
+                     box: Sandbox | None = None, save_to: Path | None = None) -> NotebookRun:
+    """Execute `path` (cwd: its folder; with `box`, already inside box.work) and save the
+    executed copy into `save_to`."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    start = time.monotonic()
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+    except Exception as exc:  # malformed JSON, wrong format: the submission's
+        return NotebookRun(step, path.name, "invalid", f"not a valid notebook: {exc}")
+    if deadline - start < 1:
+        return NotebookRun(step, path.name, "timeout", "the submission's total time limit "
+                           "was used up before this notebook started")
+    hit_deadline, kernel = [], []
+    km = _sandboxed_kernel(box, step) if box else None
+
+    def timeout_for(cell) -> int:
+        if km is not None and not kernel and getattr(km, "provisioner", None) is not None:
+            kernel.append(km.provisioner.process)  # to be sure it is gone at the end
+        left = deadline - time.monotonic()
+        if left < cell_timeout:
+            hit_deadline.append(True)
+        return max(1, int(min(cell_timeout, left)))
+
+    # ipykernel 7 warns about TCP transport on every start
+    options = dict(km=km) if km else dict(kernel_name="python3", extra_arguments=[
+        "--IPKernelApp.log_level=ERROR"])
+    client = NotebookClient(nb, timeout_func=timeout_for, shutdown_kernel="immediate",
+                            startup_timeout=120, resources={"metadata": {"path": str(path.parent)}},
+                            **options)
+    log = open(box.root / f"kernel-{step}.log", "ab") if box else None
+    try:
+        client.execute(**(dict(env=box.env(), stdout=log, stderr=log) if box else {}))
+        run = NotebookRun(step, path.name, "ok")
+    except CellTimeoutError:
+        limit = "total" if hit_deadline else f"{cell_timeout:g} s per-cell"
+        run = NotebookRun(step, path.name, "timeout", f"a cell ({_where(nb)}) ran past the "
+                          f"{limit} time limit and was stopped")
+    except DeadKernelError:
+        memory = f" (limit {box.limits.memory_gb:g} GB)" if box else ""
+        run = NotebookRun(step, path.name, "died", f"the kernel died ({_where(nb)}): out of "
+                          f"memory{memory} or it exited")
+    except CellExecutionError as exc:
+        run = NotebookRun(step, path.name, "error", f"stopped with an error ({_where(nb)}): "
+                          f"{_error_line(exc)}")
+    except Exception as exc:  # kernel failed to start, etc.: report, never crash
+        run = NotebookRun(step, path.name, "error", f"could not run: {type(exc).__name__}: "
+                          f"{str(exc)[:300]}")
+    finally:
+        if log:
+            log.close()
+        for process in kernel:
+            if process is not None and process.poll() is None:
+                _kill_group(process)
+    run.seconds = time.monotonic() - start
+    if save_to is not None:
+        Path(save_to).mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, str(Path(save_to) / path.name))
+    return run
+
+
+def _sandboxed_kernel(box: Sandbox, step: int):
+    """A kernel manager whose kernel starts inside `box` and talks over Unix sockets."""
+    from jupyter_client import AsyncKernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    ipc = box.work / ".ipc"
+    ipc.mkdir(exist_ok=True)
+    kernel_json = box.root / "kernels" / "grader" / "kernel.json"
+    argv = box.wrap([sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"])
+    kernel_json.write_text(json.dumps({"argv": argv, "language": "python",
+                                       "display_name": "grader"}))
+    specs = KernelSpecManager(kernel_dirs=[str(kernel_json.parents[1])])
+    km = AsyncKernelManager(kernel_name="grader", transport="ipc", ip=str(ipc / f"k{step}"),
+                            kernel_spec_manager=specs)
+    km.connection_file = str(box.root / f"kernel-{step}.json")
+    return km
+
+
+def _where(nb) -> str:
+    """'cell N' of the last code cell that started running."""
+    ran = [i for i, c in enumerate(nb.cells, 1) if c.cell_type == "code"
+           and c.get("execution_count") is not None]
+    return f"cell {ran[-1]}" if ran else "the first cell"
+
+
+def _error_line(exc) -> str:
+    ename, evalue = getattr(exc, "ename", ""), getattr(exc, "evalue", "")
+    return f"{ename}: {evalue}"[:400] if ename else str(exc).strip().splitlines()[-1][:400]

@@ -1,0 +1,109 @@
+"""A submission as the grader finds it: which notebook is which step, what to run for it,
+and a sanitised copy of its run directory's artifacts (regular files of the step records
+only) for grading.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import stat
+from pathlib import Path
+
+from .rubric import NOTEBOOKS
+
+STEP_FROM_NAME = re.compile(r"^0?([1-4])(?:[_\-\s.]|$)")
+STEP_FROM_CHECK = re.compile(r"grading\.check\(\s*([1-4])\s*[,)]")
+MAX_JSON_BYTES = 64 << 20
+
+
+def notebook_step(path: Path) -> int | None:
+    """Which step a notebook is: by its name (01_..., 3-train.ipynb), else by the
+    `grading.check(N)` it calls. None when neither tells."""
+    for step, name in NOTEBOOKS.items():
+        if path.name == name:
+            return step
+    match = STEP_FROM_NAME.match(path.name)
+    if match:
+        return int(match.group(1))
+    try:
+        found = STEP_FROM_CHECK.findall(path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None
+    return int(found[-1]) if found else None
+
+
+def find_notebooks(folder: Path) -> tuple[dict[int, Path], list[str]]:
+    """{step: notebook} in a submission folder (or its notebooks/ subfolder), and notes on
+    what was ambiguous or unrecognised."""
+    candidates = sorted(p for d in (folder, folder / "notebooks") if d.is_dir()
+                        for p in d.glob("*.ipynb") if p.is_file() and not p.is_symlink())
+    found, notes = {}, []
+    for path in candidates:
+        step = notebook_step(path)
+        if step is None:
+            notes.append(f"{path.name}: not recognised as one of the lab's notebooks (ignored)")
+        elif step in found and found[step].name == NOTEBOOKS[step]:
+            notes.append(f"{path.name}: a second notebook for step {step} (ignored)")
+        else:
+            if step in found:
+                notes.append(f"{found[step].name}: a second notebook for step {step} (ignored)")
+            found[step] = path
+    return found, notes
+
+
+def copy_artifacts(src: Path, dst: Path) -> list[str]:
+    """Copy the step artifacts of a run directory for grading: regular files only (a
+    symlink could point anywhere), JSON/JSONL at most 64 MB, nothing else from the folder
+    (checkpoints, caches). Returns what was left out, and why."""
+    from labkit.steps import Step1Baseline, Step2Meta, Step3Training, Step4Report
+
+    dst.mkdir(parents=True, exist_ok=True)
+    if Path(src).is_symlink():  # e.g. run/ -> another student's run/
+        return [f"{Path(src).name}/ (a symbolic link: nothing in it was graded)"]
+    skipped = []
+    names = [Step1Baseline.FILE, Step2Meta.PAIRS_FILE, Step2Meta.FILE, Step3Training.FILE,
+             Step4Report.FILE]
+    policy = Path(src) / Step3Training.POLICY_DIR
+    if policy.is_dir() and not policy.is_symlink():
+        (dst / Step3Training.POLICY_DIR).mkdir(exist_ok=True)
+        names += [f"{Step3Training.POLICY_DIR}/{p.name}" for p in policy.iterdir()]
+    for name in names:
+        path = Path(src) / name
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            skipped.append(f"{name} (not a regular file)")
+        elif path.suffix in {".json", ".jsonl"} and info.st_size > MAX_JSON_BYTES:
+            skipped.append(f"{name} (larger than 64 MB)")
+        else:
+            shutil.copyfile(path, dst / name)
+    return skipped
+
+
+def plan(path: Path, reference: Path):
+    """(notebooks to run {step: path}, graded steps, notes). A folder is the whole lab; a
+    single notebook is graded alone, its earlier steps made by the reference solution."""
+    if path.is_dir():
+        found, notes = find_notebooks(path)
+        return found, [1, 2, 3, 4], notes
+    step, problem = notebook_step(path), _unreadable(path)
+    if step is None:
+        problem = problem or "not recognised as one of the lab notebooks"
+        return {}, [1, 2, 3, 4], [f"{path.name}: {problem}"]
+    ref, _ = find_notebooks(reference) if reference.is_dir() else ({}, [])
+    earlier = {s: ref[s] for s in range(1, step) if s in ref}
+    notes = [f"steps {', '.join(map(str, earlier))} were run from the reference solution "
+             "(not graded)"] if earlier else []
+    return {**earlier, step: path}, [step], notes
+
+
+def _unreadable(path: Path) -> str | None:
+    import nbformat
+
+    try:
+        nbformat.read(str(path), as_version=4)
+        return None
+    except Exception as exc:  # any parse/validation failure is the submission's
+        return f"not a valid notebook ({type(exc).__name__}: {str(exc)[:200]})"
