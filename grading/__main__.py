@@ -61,6 +61,13 @@ def names_for(paths: list[Path]) -> list[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from labkit import runtime
+
+    with runtime.quiet_libraries(), runtime.known_warnings_ignored():
+        return _main(args)
+
+
+def _main(args) -> int:
     try:
         from . import autograde
 

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labkit import runtime
+
 from .kernel import NotebookRun, execute_notebook
 from .rubric import NOTEBOOKS
 from .sandbox import REPO, Limits, Sandbox, namespaces_work  # noqa: F401 - re-exported
@@ -35,18 +37,26 @@ def grade_submission(path, name: str, opts: Options, batch_root, out_dir, label=
     Never raises on the submission's account: what goes wrong becomes a note. `label`
     ("[3/8]") prefixes the progress line printed on stderr when grading starts."""
     print(f"{label} start {name}".strip(), file=sys.stderr, flush=True)
-    from .integrity import grade_run
-    from .policy import base_model
-    from .student_code import check_student_loss
 
     start, path, out = time.monotonic(), Path(path), Path(out_dir) / name
     box = Sandbox(Path(batch_root) / name, opts.model, opts.limits,
                   (Path(batch_root), Path(out_dir), *opts.hide), opts.threads).create()
-    if opts.threads:
-        import torch
-
-        torch.set_num_threads(opts.threads)
     runs: list[NotebookRun] = []
+    # the grader's side of the runtime policy: as many threads as each kernel gets, and
+    # library logging off so that the progress lines stay readable
+    with runtime.threads(opts.threads), runtime.quiet_libraries():
+        results, notes = _grade(path, opts, box, out, start, runs)
+    return {"name": name, "source": str(path), "steps": [r.to_dict() for r in results],
+            "runs": [r.__dict__ for r in runs], "notes": notes, "isolation": box.isolation(),
+            "seconds": time.monotonic() - start}
+
+
+def _grade(path: Path, opts: Options, box: Sandbox, out: Path, start: float, runs: list):
+    """Run (unless opts.execute is off) and grade: (step results, notes)."""
+    from .integrity import grade_run
+    from .policy import base_model
+    from .student_code import check_student_loss
+
     try:
         if opts.execute:
             notebooks, graded, notes = plan(path, opts.reference)
@@ -83,6 +93,4 @@ def grade_submission(path, name: str, opts: Options, batch_root, out_dir, label=
     finally:
         if not opts.keep_work:
             shutil.rmtree(box.root, ignore_errors=True)
-    return {"name": name, "source": str(path), "steps": [r.to_dict() for r in results],
-            "runs": [r.__dict__ for r in runs], "notes": notes, "isolation": box.isolation(),
-            "seconds": time.monotonic() - start}
+    return results, notes

@@ -14,8 +14,15 @@ DEFAULT_RUN_DIR = Path("runs/default")
 TRUTHY = {"1", "true", "yes", "on"}
 
 
-def _env_flag(name: str) -> bool:
+def env_flag(name: str) -> bool:
+    """An on/off environment variable: 1/true/yes/on (any case) is on, anything else off."""
     return os.environ.get(name, "").strip().lower() in TRUTHY
+
+
+def cache_dir() -> Path:
+    """labkit's cache folder (teaching model, GPT-2 tokenizer files): `LABKIT_CACHE`,
+    default ~/.cache/labkit."""
+    return Path(os.environ.get("LABKIT_CACHE") or Path.home() / ".cache" / "labkit")
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ class LabConfig:
         values = {
             "model": os.environ.get("LABKIT_MODEL") or DEFAULT_MODEL,
             "run_dir": Path(os.environ.get("LABKIT_RUN_DIR") or DEFAULT_RUN_DIR),
-            "strict_model": _env_flag("LABKIT_STRICT_MODEL"),
+            "strict_model": env_flag("LABKIT_STRICT_MODEL"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

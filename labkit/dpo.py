@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import runtime
+
 LN2 = math.log(2.0)
 
 
@@ -75,10 +77,8 @@ def _batch_logps(model, rows, pad_id: int) -> torch.Tensor:
         attention[i, :len(ids)] = 1
         completion[i, start:len(ids)] = 1
     input_ids, attention, completion = (t.to(device) for t in (input_ids, attention, completion))
-    was_training = model.training
-    model.eval()
-    logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
-    model.train(was_training)
+    with runtime.eval_mode(model):
+        logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
     # token t is predicted by position t-1
     logps = torch.log_softmax(logits[:, :-1], dim=-1)
     token_logps = logps.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
@@ -196,12 +196,8 @@ def _trl_eval_loss(trainer, tokenized_rows):
     batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
     metrics = trainer._metrics["eval"]
     before = {key: len(values) for key, values in metrics.items()}
-    was_training = trainer.model.training
-    trainer.model.eval()
-    try:
+    with runtime.eval_mode(trainer.model):
         loss = trainer.compute_loss(trainer.model, batch)
-    finally:
-        trainer.model.train(was_training)
     chosen, rejected = metrics["rewards/chosen"][-1], metrics["rewards/rejected"][-1]
     for key in list(metrics):  # leave TRL's eval metrics as they were
         if key not in before:

@@ -5,8 +5,11 @@ Left padding plus an attention mask makes a batch decode exactly like one prompt
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
+from . import runtime
 from .config import GenerationSpec
 
 
@@ -19,22 +22,16 @@ def generate(model, tokenizer, prompts, spec: GenerationSpec | None = None,
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) and p for p in prompts):
         raise ValueError("generate() needs a non-empty list of non-empty prompt strings")
-    if spec.do_sample:
-        torch.manual_seed(spec.seed)
-    was_training, side = model.training, tokenizer.padding_side
-    model.eval()
-    tokenizer.padding_side = "left"
     outputs = []
-    try:
+    # sampling draws from a private copy of the RNG state: the caller's stream is untouched
+    sampling = runtime.seeded(spec.seed, model.device) if spec.do_sample else nullcontext()
+    with runtime.eval_mode(model, tokenizer), sampling, runtime.threads(runtime.threads_for(model)):
         for start in range(0, len(prompts), spec.batch_size):
             batch = prompts[start:start + spec.batch_size]
             outputs.extend(_generate_batch(model, tokenizer, batch, spec))
             if progress:
                 print(f"  generated {min(start + spec.batch_size, len(prompts))}/{len(prompts)}",
                       flush=True)
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
     if spec.num_samples == 1:
         return outputs
     n = spec.num_samples

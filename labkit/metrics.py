@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from . import runtime
 from .dpo import sequence_logps
 
 
@@ -76,10 +77,8 @@ def mean_kl(policy, ref, tokenizer, prompts, continuations) -> float:
 
 
 def _log_probs(model, ids):
-    was_training = model.training
-    model.eval()
-    logits = model(input_ids=ids.to(next(model.parameters()).device)).logits[0, :-1].float()
-    model.train(was_training)
+    with runtime.eval_mode(model):
+        logits = model(input_ids=ids.to(next(model.parameters()).device)).logits[0, :-1].float()
     return torch.log_softmax(logits, dim=-1).cpu()
 
 

@@ -7,12 +7,11 @@ then falls back to the teaching model with one clear notice.
 """
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .config import LabConfig
+from .config import LabConfig, env_flag
 
 TEACHING = "teaching"
 HUB_HOST = "huggingface.co"
@@ -50,12 +49,11 @@ def pick_device(preference: str = "auto") -> str:
 
 
 def pick_dtype(device: str):
-    """bf16 on GPUs that support it (tf32 on for the fp32 parts), fp32 everywhere else."""
+    """bf16 on GPUs that support it, fp32 everywhere else. (TF32 for the fp32 parts is the
+    entry point's choice: labkit.runtime.tf32.)"""
     import torch
 
     if device == "cuda" and torch.cuda.is_bf16_supported():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
         return torch.bfloat16
     return torch.float32
 
@@ -69,7 +67,7 @@ def use_bf16(device: str) -> bool:
 
 def hub_reachable(timeout: float = 2.0) -> bool:
     """A quick TCP probe, so that an offline machine does not sit through ~25 s of retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+    if env_flag("HF_HUB_OFFLINE"):
         return False
     try:
         with socket.create_connection((HUB_HOST, 443), timeout=timeout):
@@ -160,12 +158,6 @@ def load_model(name: str | None = None, *, strict: bool | None = None,
                   f"Set LABKIT_STRICT_MODEL=1 to make this an error.", flush=True)
     path = teaching.ensure_teaching_model(progress=not quiet)
     model, tokenizer = _load_from(str(path), device, dtype, local_only=True)
-    if device == "cpu":
-        # Too small to gain from intra-op threads, and on a shared 2-core machine OpenMP's
-        # spin-waiting made greedy generation 0.07 s -> 14 s. One thread, always.
-        import torch
-
-        torch.set_num_threads(1)
     return model, tokenizer, _info(requested, TEACHING, device, model, reason,
                                    requested != TEACHING)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 

@@ -20,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import runtime
+from .config import cache_dir
+
 RECIPE_VERSION = 1  # bump when the corpus, tokenizer or training recipe changes
 EOS = "<|endoftext|>"
 
@@ -190,8 +193,7 @@ def recipe_fingerprint() -> str:
 
 def default_dir() -> Path:
     """Where the built model is cached: `LABKIT_CACHE` (default ~/.cache/labkit)."""
-    root = Path(os.environ.get("LABKIT_CACHE") or Path.home() / ".cache" / "labkit")
-    return root / f"teaching-model-{recipe_fingerprint()}"
+    return cache_dir() / f"teaching-model-{recipe_fingerprint()}"
 
 
 def is_built(path: Path) -> bool:
@@ -257,13 +259,9 @@ def build_teaching_model(out_dir: Path | None = None, progress: bool = True) -> 
     out_dir = Path(out_dir) if out_dir else default_dir()
     if progress:
         print(f"Building the labkit teaching model -> {out_dir}", flush=True)
-    torch.manual_seed(PRETRAIN["seed"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only add spin-waiting on a busy machine
-    try:
+    # tiny matmuls: threads only add spin-waiting on a busy machine; the seed is scoped too
+    with runtime.threads(1), runtime.seeded(PRETRAIN["seed"]):
         return _build(out_dir, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _build(out_dir: Path, progress: bool) -> Path:

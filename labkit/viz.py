@@ -16,11 +16,11 @@ from __future__ import annotations
 import html
 import io
 import math
-import os
 
 import torch
 from matplotlib.figure import Figure
 
+from .config import env_flag
 from .health import training_entries
 from .metrics import word_diff
 
@@ -184,9 +184,9 @@ class StaticExplorer:
 
 def use_widgets() -> bool:
     """Widgets only in a live IPython kernel, never with LABKIT_STATIC_WIDGETS=1 or in CI."""
-    if os.environ.get("LABKIT_STATIC_WIDGETS", "").strip().lower() in {"1", "true", "yes"}:
+    if env_flag("LABKIT_STATIC_WIDGETS"):
         return False
-    if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
+    if env_flag("CI"):
         return False
     try:
         from IPython import get_ipython
