@@ -171,11 +171,9 @@ def run_all(args, argv) -> dict:
 
 def write_json(data: dict, path: Path) -> None:
     """Atomic: a crash mid-write never leaves a half results file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False, default=str) + "\n",
-                   encoding="utf-8")
-    os.replace(tmp, path)
+    from labkit.artifacts import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False, default=str) + "\n")
 
 
 def main(argv=None) -> int:

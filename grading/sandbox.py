@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labkit.config import cache_dir
+
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM_DIRS = {"/", "/usr", "/bin", "/lib", "/lib64", "/etc", "/sbin", "/proc", "/sys", "/dev"}
 
@@ -68,7 +70,7 @@ class Sandbox:
         keep.update(PATH=os.environ.get("PATH", "/usr/bin:/bin"), HOME=str(self.work),
                     TMPDIR=str(self.work / ".tmp"), LANG=os.environ.get("LANG", "C.UTF-8"),
                     LABKIT_MODEL=self.model, LABKIT_RUN_DIR=str(self.run_dir),
-                    LABKIT_CACHE=str(_labkit_cache()), PYTHONPATH=str(REPO),
+                    LABKIT_CACHE=str(cache_dir()), PYTHONPATH=str(REPO),
                     HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
                     TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
         if self.threads:
@@ -97,7 +99,7 @@ class Sandbox:
         keeps = sorted({_real(p) for p in [self.root, self.work, REPO / "labkit",
                         REPO / "grading", Path(sys.prefix),
                         Path(sys.base_prefix), Path(sys.executable).resolve().parent,
-                        _labkit_cache(), _hf_hub_cache(), Path(self.model)]  # model: a path?
+                        cache_dir(), _hf_hub_cache(), Path(self.model)]  # model: a path?
                         if p and Path(p).exists()},
                        key=lambda p: (len(p.parts), str(p)))
         hides = [h for h in {_real(h) for h in (Path.home(), REPO, *self.hide)}
@@ -146,12 +148,6 @@ def _kill_group(proc) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
-
-
-def _labkit_cache() -> Path:
-    from labkit import teaching
-
-    return teaching.default_dir().parent
 
 
 def _hf_hub_cache() -> Path | None:

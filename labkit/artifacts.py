@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .config import LabConfig
@@ -47,13 +48,15 @@ def library_versions() -> dict:
     return {name: version(name) for name in ("torch", "transformers", "trl")}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str | bytes) -> None:
+    """Write `text` (str as UTF-8, or bytes) to a temp file beside `path`, then rename it
+    over `path`: readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8") if isinstance(text, str) else text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -114,21 +117,29 @@ def weights_sha256(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def save_policy(model, tokenizer, directory: Path) -> str:
-    """`save_pretrained` into a temp folder, then swap it in; returns the weights' sha256."""
+@contextmanager
+def atomic_dir(directory: Path):
+    """Yield a temp folder beside `directory` to fill; when the block succeeds it replaces
+    `directory` whole, when it fails `directory` is left as it was."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     old = directory.with_name(f".{directory.name}.old")
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        digest = weights_sha256(tmp)
+        yield tmp
         if directory.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(directory, old)
         os.replace(tmp, directory)
         shutil.rmtree(old, ignore_errors=True)
-        return digest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_policy(model, tokenizer, directory: Path) -> str:
+    """`save_pretrained` into a temp folder, then swap it in; returns the weights' sha256."""
+    with atomic_dir(directory) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        digest = weights_sha256(tmp)
+    return digest

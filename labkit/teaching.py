@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from . import runtime
+from .artifacts import atomic_dir
 from .config import cache_dir
 
 RECIPE_VERSION = 1  # bump when the corpus, tokenizer or training recipe changes
@@ -276,16 +274,9 @@ def _build(out_dir: Path, progress: bool) -> Path:
     tokenizer.pad_token = tokenizer.eos_token
     final_loss = _pretrain(model, tokenizer, docs, progress)
     model.config.labkit_teaching = {"recipe": recipe_fingerprint(), "final_loss": final_loss}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-teaching-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if progress:
         n = sum(p.numel() for p in model.parameters())
         print(f"Teaching model ready: {n / 1e6:.2f} M parameters, final loss {final_loss:.3f}",
