@@ -52,6 +52,8 @@ def parse_args(argv):
                    "are not comparable: fewer epochs, no warm-up)")
     p.add_argument("--reps", type=int, default=3, help="repetitions per variant (median)")
     p.add_argument("--skip-lab", action="store_true", help="skip `python -m labkit run`")
+    p.add_argument("--skip-grading", action="store_true", help="skip grading throughput "
+                   "(executes the solution notebooks 5 times)")
     p.add_argument("--skip-gpt2", action="store_true", help="skip the 124M GPT-2-shaped runs")
     p.add_argument("--gpu-only", action="store_true", help="only the CUDA section")
     p.add_argument("--gpu-peak-tflops", type=float, help="the card's dense bf16 peak, "
@@ -72,7 +74,7 @@ def skeleton(args, argv) -> dict:
             "generation_batched_speedup", "generation_outputs_identical",
             "gpt2_generation_batched_speedup", "gpt2_generation_outputs_identical",
             "gpt2_cpu_train_seconds", "gpt2_cpu_peak_rss_mb", "gpt2_precompute_speedup",
-            "gpt2_faster_mode", "lab_seconds", "gpu")
+            "gpt2_faster_mode", "lab_seconds", "grading", "gpu")
     return {"schema_version": SCHEMA_VERSION, "machine": machine.describe(args.tag),
             "versions": machine.versions(), "started_at": machine.now(), "finished_at": None,
             "command": " ".join(["python -m bench", *argv]), "quick": args.quick,
@@ -136,6 +138,15 @@ def run_lab(result, args):
                               "steps": measured["steps"]})
 
 
+def run_grading(result, args):
+    from . import grading
+
+    measured = grading.measure(2, log)
+    result["sections"]["grading"] = measured
+    result["grading"] = {k: measured[k] for k in ("submissions_per_minute",
+                                                  "grader_over_bare")}
+
+
 def run_all(args, argv) -> dict:
     result = skeleton(args, argv)
     if not args.gpu_only:
@@ -158,6 +169,11 @@ def run_all(args, argv) -> dict:
         else:
             with section(result, "lab"):
                 run_lab(result, args)
+        if args.skip_grading or args.quick:
+            result["sections"]["grading"] = {"reason": "skipped (--skip-grading or --quick)"}
+        else:
+            with section(result, "grading"):
+                run_grading(result, args)
     with section(result, "gpu"):
         from . import gpu
 

@@ -97,7 +97,23 @@ def _cpu_rows(data: dict) -> list[str]:
     elif g2:
         rows.append(_row("GPT-2-shaped CPU training", g2.get("reason", "-")))
     rows += _lab_rows(data)
+    rows += _grading_rows(data)
     return rows
+
+
+def _grading_rows(data: dict) -> list[str]:
+    gr = _sections(data).get("grading")
+    if not gr:
+        return []
+    if "submissions_per_minute" not in gr:
+        return [_row("Grading throughput", gr.get("reason", "-"))]
+    rate = gr["submissions_per_minute"]
+    return [_row(f"Grading, executed submissions per minute ({gr['submissions']} solution "
+                 "copies, teaching model)", f"{_num(rate['1'], '', 2)} at --jobs 1, "
+                 f"{_num(rate['2'], '', 2)} at --jobs 2"),
+            _row("Grader ÷ bare execution of the same notebooks (per submission, --jobs 1)",
+                 f"{_num(gr['grader_over_bare'], '', 2)} (bare {_num(gr['bare_seconds'], ' s', 1)})",
+                 "grader_over_bare", gr["grader_over_bare"])]
 
 
 def _gpt2_rows(data: dict, g2: dict) -> list[str]:

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 FIELDS = ("prompt", "chosen", "rejected")
 MIN_PAIRS = 8
+# Characters that some line splitters (str.splitlines, JavaScript) treat as line ends, and
+# lone surrogates, which are not encodable as UTF-8: written as \u escapes, so a JSONL line
+# is always one record however pasted text looks.
+_UNSAFE_IN_LINE = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
+# tokenizer.model_max_length when a tokenizer does not know its model's context
+_UNKNOWN_CONTEXT = 10**6
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,53 @@ def _field_problems(row, index: int, line: int | None) -> list[Problem]:
         elif not row[key].strip():
             found.append(Problem(index, key, "is empty or only whitespace: write the text",
                                  line))
+        elif (bad := re.search("[\ud800-\udfff]", row[key])) is not None:
+            found.append(Problem(index, key, f"holds an invalid character (lone surrogate "
+                                 f"U+{ord(bad.group()):04X} at position {bad.start() + 1}): "
+                                 "it cannot be stored as text; delete it and retype", line))
+    return found
+
+
+def normalised(text: str) -> str:
+    """What a reader sees: Unicode-compatible forms folded (NFKC: a non-breaking space is a
+    space), case ignored, runs of whitespace collapsed. Duplicates and leaks compare this."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def context_length(tokenizer, max_length: int | None = None) -> int | None:
+    """The most tokens one training sequence may have: the model's context (from the
+    tokenizer's model_max_length, when it knows it) and `max_length`, whichever is smaller."""
+    known = getattr(tokenizer, "model_max_length", None)
+    limits = [n for n in (known, max_length) if isinstance(n, int) and 0 < n < _UNKNOWN_CONTEXT]
+    return min(limits) if limits else None
+
+
+def _length_problems(row: dict, index: int, line, tokenizer, max_length) -> list[Problem]:
+    """Token counts as TRL sees them: prompt + answer by plain concatenation, plus EOS.
+    Longer than the context crashes training (IndexError); longer than max_length is cut
+    silently; a prompt that fills max_length makes TRL drop the row."""
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    limit = context_length(tokenizer, max_length)
+    context = context_length(tokenizer)
+    n_prompt = count(row["prompt"])
+    if max_length and n_prompt >= max_length:
+        return [Problem(index, "prompt", f"is {n_prompt} tokens, but max_length is "
+                        f"{max_length}: the response would be truncated to nothing (TRL "
+                        "silently drops such rows); shorten it", line)]
+    found = []
+    for key in ("chosen", "rejected"):
+        n = count(row["prompt"] + row[key]) + 1
+        if limit is None or n <= limit:
+            continue
+        if context is not None and n > context:
+            why = (f"the model reads at most {context} tokens (training would stop with an "
+                   "IndexError)")
+        else:
+            why = f"max_length is {max_length} (TRL would cut the end off without a word)"
+        found.append(Problem(index, key, f"prompt + {key} is {n} tokens (with EOS), but "
+                             f"{why}; shorten the {key} or the prompt", line))
     return found
 
 
@@ -73,11 +128,12 @@ def find_problems(rows: Iterable, *, heldout_prompts: Iterable[str] = (), tokeni
                   max_length: int | None = None, min_pairs: int = MIN_PAIRS,
                   judge: Callable[[str], str] | None = None, preferred: str | None = None,
                   lines: list[int] | None = None) -> list[Problem]:
-    """Every problem in `rows`, in row order. Optional checks: held-out prompt leaks,
-    truncation (needs `tokenizer` and `max_length`), swapped pairs (needs `judge`, a
-    text -> label function, and the `preferred` label)."""
+    """Every problem in `rows`, in row order. Duplicates and leaks are compared after
+    `normalised` (case, spacing, Unicode forms). Optional checks: held-out prompt leaks,
+    length against the model's context and `max_length` (needs `tokenizer`), swapped pairs
+    (needs `judge`, a text -> label function, and the `preferred` label)."""
     rows = list(rows)
-    heldout = {p.strip() for p in heldout_prompts}
+    heldout = {normalised(p) for p in heldout_prompts if isinstance(p, str)}
     seen: dict[tuple, int] = {}
     problems: list[Problem] = []
     for i, row in enumerate(rows, start=1):
@@ -87,24 +143,21 @@ def find_problems(rows: Iterable, *, heldout_prompts: Iterable[str] = (), tokeni
         if basic:
             continue
         prompt, chosen, rejected = (row[k] for k in FIELDS)
-        if chosen.strip() == rejected.strip():
-            problems.append(Problem(i, "rejected", "is identical to 'chosen': the pair "
-                                    "teaches nothing (DPO's loss stays at ln 2)", line))
-        key = (prompt.strip(), chosen.strip(), rejected.strip())
+        if normalised(chosen) == normalised(rejected):
+            problems.append(Problem(i, "rejected", "is identical to 'chosen' (ignoring case "
+                                    "and spacing): the pair teaches nothing (DPO's loss stays "
+                                    "at ln 2)", line))
+        key = tuple(normalised(row[k]) for k in FIELDS)
         if key in seen:
-            problems.append(Problem(i, None, f"duplicate of row {seen[key]}: the same pair "
-                                    "twice only weights it double", line))
+            problems.append(Problem(i, None, f"duplicate of row {seen[key]} (the same pair once "
+                                    "case and spacing are ignored): the same pair twice only "
+                                    "weights it double; change or delete one", line))
         seen.setdefault(key, i)
-        if prompt.strip() in heldout:
+        if normalised(prompt) in heldout:
             problems.append(Problem(i, "prompt", "is one of the held-out evaluation prompts: "
                                     "training on it would leak the test; pick another", line))
-        if tokenizer is not None and max_length:
-            n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            if n >= max_length:
-                problems.append(Problem(i, "prompt", f"is {n} tokens, but max_length is "
-                                        f"{max_length}: the response would be truncated to "
-                                        "nothing (TRL silently drops such rows); shorten it",
-                                        line))
+        if tokenizer is not None:
+            problems.extend(_length_problems(row, i, line, tokenizer, max_length))
         if judge is not None and preferred is not None:
             if judge(chosen) != preferred and judge(rejected) == preferred:
                 problems.append(Problem(i, "chosen", f"looks swapped: 'rejected' reads as "
@@ -128,10 +181,12 @@ def validate_pairs(rows: Iterable, **checks):
 
 
 def read_jsonl(path: str | Path) -> tuple[list, list[int]]:
-    """Rows and their line numbers. A malformed line raises with its line number."""
+    """Rows and their line numbers. A malformed line raises with its line number. Lines end
+    at "\n" only (str.splitlines would also split inside text holding U+2028 and kin)."""
     rows, lines, problems = [], [], []
     text = Path(path).read_text(encoding="utf-8")
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         try:
@@ -156,6 +211,12 @@ def save_jsonl(rows: Iterable, path: str | Path, **checks):
     from .artifacts import atomic_write_text
 
     dataset = validate_pairs(rows, **checks)
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in dataset.to_list())
+    text = "".join(jsonl_line(r) for r in dataset.to_list())
     atomic_write_text(Path(path), text)
     return dataset
+
+
+def jsonl_line(record) -> str:
+    """One record as one "\n"-terminated line, readable UTF-8, whatever its text holds."""
+    text = json.dumps(record, ensure_ascii=False)
+    return _UNSAFE_IN_LINE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"

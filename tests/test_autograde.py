@@ -153,39 +153,18 @@ def test_student_loss_is_tested_from_the_notebook_alone(tmp_path):
         False, "compute_dpo_loss did not finish within 10 s")
 
 
-def parallel_capacity() -> float:
-    """Throughput of two processes doing what a grading job mostly does (start Python,
-    import torch and transformers) relative to one: 2.0 with two free cores, about 1.0 on
-    a shared or I/O-bound machine, where no process pool can make --jobs 2 faster."""
-    code = [sys.executable, "-c", "import torch, transformers; transformers.GPT2Config()"]
-    start = time.perf_counter()
-    subprocess.run(code, check=True)
-    one = time.perf_counter() - start
-    start = time.perf_counter()
-    for proc in [subprocess.Popen(code) for _ in range(2)]:
-        proc.wait()
-    return 2 * one / (time.perf_counter() - start)
-
-
 @pytest.mark.slow
-def test_jobs_2_is_faster_than_jobs_1_on_8_submissions(run_submission, tmp_path):
-    subs = [run_submission(f"s{i}") for i in range(8)]
-    timings, stderr = {}, {}
-    for jobs in (1, 2):
-        proc, timings[jobs] = grade(subs, tmp_path / f"out{jobs}", "--no-execute", "--jobs", jobs)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert all(results(tmp_path / f"out{jobs}", f"s{i}")["score"] == 100 for i in range(8))
-        stderr[jobs] = proc.stderr
-    capacity = parallel_capacity()
-    figure = (f"--jobs 1 {timings[1]:.1f} s, --jobs 2 {timings[2]:.1f} s (parallel "
-              f"capacity here: {capacity:.1f}x for two torch-importing processes)")
-    print(f"8 submissions (--no-execute): {figure}")
-    record_figure("grading 8 submissions --no-execute", figure)
-    lines = stderr[2].splitlines()
+def test_jobs_2_grades_two_submissions_at_once(run_submission, tmp_path):
+    """Behaviour only: with --jobs 2 a second submission starts before the first is done,
+    and every one is graded in full. How much faster that is depends on the machine: the
+    figure is `python -m bench` (grading throughput), never an assertion here."""
+    subs = [run_submission(f"s{i}") for i in range(4)]
+    proc, _ = grade(subs, tmp_path / "out", "--no-execute", "--jobs", 2)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert all(results(tmp_path / "out", f"s{i}")["score"] == 100 for i in range(4))
+    lines = proc.stderr.splitlines()
     first_done = next(i for i, l in enumerate(lines) if " done " in l)
     assert sum(" start " in l for l in lines[:first_done]) >= 2  # two graded at once
-    if capacity >= 1.6:  # otherwise the machine, not the grader, decides: see the figure
-        assert timings[2] < timings[1], figure
 
 
 def test_grader_that_cannot_run_exits_non_zero(tmp_path):

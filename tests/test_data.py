@@ -152,11 +152,63 @@ def test_pair_truncated_to_nothing_at_max_length(rows, teaching_tokenizer):
                    "garbage collection work together.\n")
     n_tokens = len(teaching_tokenizer(long_prompt, add_special_tokens=False)["input_ids"])
     rows[7]["prompt"] = long_prompt
-    # fits: no problem; prompt fills max_length: nothing left for the response
-    validate_pairs(rows, tokenizer=teaching_tokenizer, max_length=n_tokens + 1)
-    problem = single_problem(rows, tokenizer=teaching_tokenizer, max_length=n_tokens)
-    assert (problem.row, problem.field) == (8, "prompt")
+    # fits the model's context: no problem; prompt fills max_length: nothing left to learn
+    validate_pairs(rows, tokenizer=teaching_tokenizer)
+    problems = find_problems(rows, tokenizer=teaching_tokenizer, max_length=n_tokens)
+    (problem,) = [p for p in problems if p.row == 8]  # one problem: the row is dropped
+    assert problem.field == "prompt"
     assert f"is {n_tokens} tokens, but max_length is {n_tokens}" in problem.message
+
+
+def test_pair_longer_than_the_models_context_names_row_field_and_tokens(rows,
+                                                                      teaching_tokenizer):
+    """Past the model's context the embedding lookup fails with a bare IndexError inside
+    training; the validator says which pair, which field and how many tokens instead."""
+    context = teaching_tokenizer.model_max_length
+    rows[2]["rejected"] = " ".join(["Consequently, the invariants hold."] * 30)
+    n = len(teaching_tokenizer(rows[2]["prompt"] + rows[2]["rejected"],
+                               add_special_tokens=False)["input_ids"]) + 1
+    assert n > context
+    problem = single_problem(rows, tokenizer=teaching_tokenizer, max_length=4 * context)
+    assert (problem.row, problem.field) == (3, "rejected")
+    assert f"is {n} tokens" in problem.message
+    assert f"at most {context} tokens" in problem.message and "IndexError" in problem.message
+
+
+def test_pair_longer_than_max_length_would_be_cut_silently(rows, teaching_tokenizer):
+    n = len(teaching_tokenizer(rows[4]["prompt"] + rows[4]["chosen"],
+                               add_special_tokens=False)["input_ids"]) + 1
+    longest = max(len(teaching_tokenizer(r["prompt"] + r[k], add_special_tokens=False)
+                      ["input_ids"]) + 1 for r in rows for k in ("chosen", "rejected"))
+    validate_pairs(rows, tokenizer=teaching_tokenizer, max_length=longest)
+    problems = find_problems(rows, tokenizer=teaching_tokenizer, max_length=n - 1)
+    mine = [p for p in problems if p.row == 5 and p.field == "chosen"]
+    assert mine and f"is {n} tokens" in mine[0].message
+    assert f"max_length is {n - 1}" in mine[0].message
+
+
+@pytest.mark.parametrize("edit", [str.upper, lambda t: t.replace(" ", "  ", 1),
+                                  lambda t: t.replace(" ", "\t", 1),
+                                  lambda t: t.replace(" ", "\u00a0", 2),
+                                  lambda t: " " + t + "\n"],
+                         ids=["case", "double-space", "tab", "nbsp", "padding"])
+def test_duplicates_are_found_after_case_and_spacing_are_ignored(rows, edit):
+    rows[6] = {k: edit(v) for k, v in rows[1].items()}
+    problem = single_problem(rows)
+    assert (problem.row, problem.field) == (7, None)
+    assert "duplicate of row 2" in problem.message
+
+
+def test_chosen_equal_to_rejected_up_to_case_and_spacing(rows):
+    rows[3]["rejected"] = rows[3]["chosen"].upper().replace(" ", "\u00a0 ")
+    problem = single_problem(rows)
+    assert (problem.row, problem.field) == (4, "rejected")
+
+
+def test_heldout_leak_is_found_up_to_case_and_spacing(rows):
+    rows[5]["prompt"] = "  " + teaching.HELDOUT_PROMPTS[3].lower().replace(" ", "\u00a0")
+    problem = single_problem(rows, heldout_prompts=teaching.HELDOUT_PROMPTS)
+    assert (problem.row, problem.field) == (6, "prompt")
 
 
 def test_fewer_pairs_than_the_minimum(rows):
@@ -232,3 +284,54 @@ def test_save_jsonl_leaves_an_existing_file_unchanged_when_validation_fails(rows
         save_jsonl(bad, path, heldout_prompts=teaching.HELDOUT_PROMPTS)
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path]
+
+
+# Characters that break naive line handling or storage: line/paragraph separators, NEL, the
+# ASCII file/group/record separators, NUL, CR, bidi overrides, combining marks, astral
+# characters, quotes and backslashes.
+HOSTILE = ["\u2028", "\u2029", "\u0085", "\x1c", "\x1d", "\x1e", "\x00", "\r", "\n", "\t",
+           "\u200f", "\u202e", "\u0301", "\U0001f600", "\\", '"', "\ufeff", "\x0b", "\x0c",
+           "é", "ß", "\u00a0", "{", "}", "a", "b", " "]
+
+
+def hostile_text(rng, length: int) -> str:
+    body = "".join(rng.choice(HOSTILE) for _ in range(length))
+    return "x" + body + "y"  # never only whitespace
+
+
+def test_save_read_validate_is_identity_for_hostile_text(tmp_path):
+    """Property test over seeded random rows: whatever the text holds, the saved file has one
+    line per pair and reading it back gives exactly the rows that were saved."""
+    import random
+
+    rng = random.Random(1234)
+    for trial in range(40):
+        rows = [{k: hostile_text(rng, rng.choice([1, 5, 40, 300])) + f" {trial}-{i}-{k}"
+                 for k in FIELDS} for i in range(MIN_PAIRS)]
+        if trial == 0:
+            rows[0]["chosen"] = "long " + "\u2028".join(["word"] * 2500)  # ~10k characters
+        path = tmp_path / f"pairs{trial}.jsonl"
+        save_jsonl(rows, path)
+        raw = path.read_bytes()
+        assert raw.count(b"\n") == len(rows) and raw.endswith(b"\n")
+        assert len(raw.decode("utf-8").splitlines()) == len(rows)  # even str.splitlines
+        read, lines = read_jsonl(path)
+        assert read == rows and lines == list(range(1, len(rows) + 1))
+        assert load_jsonl(path).to_list() == rows
+
+
+def test_lone_surrogate_is_refused_with_row_and_field_and_nothing_is_written(rows, tmp_path):
+    rows[2]["chosen"] = rows[2]["chosen"][:10] + "\ud83d" + rows[2]["chosen"][10:]
+    path = tmp_path / "pairs.jsonl"
+    with pytest.raises(PreferenceDataError) as err:
+        save_jsonl(rows, path)
+    (problem,) = err.value.problems
+    assert (problem.row, problem.field) == (3, "chosen")
+    assert "U+D83D at position 11" in problem.message
+    assert not path.exists()
+
+
+def test_reader_accepts_windows_line_ends(rows, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\r\n" for r in rows))
+    assert read_jsonl(path)[0] == rows
