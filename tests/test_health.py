@@ -231,3 +231,23 @@ def test_advice_never_suggests_the_value_the_run_already_uses():
     unknown = diagnose([{k: v for k, v in e.items() if k != "learning_rate"}
                         for e in steps([0.693, 0.69, 0.68, 0.675])])
     assert unknown.advice == ADVICE["weak"]  # nothing known: the generic "x3"
+
+
+REAL_SMOLLM2 = {"lr5e-05-epochs3-beta0.1": "saturated",   # GPT-2's preset: memorised
+                "lr1e-05-epochs3-beta0.1": "healthy",     # the llama-instruct preset
+                "lr5e-06-epochs3-beta0.1": "healthy"}
+
+
+@pytest.mark.parametrize("name", list(REAL_SMOLLM2))
+def test_real_smollm2_runs_get_the_verdict_a_practitioner_gives(name):
+    """Logs of real SmolLM2-135M-Instruct runs (tests/data, from `python -m bench.calibrate`):
+    GPT-2's preset memorises the 8 pairs; the calibrated preset and a gentler one learn."""
+    from pathlib import Path
+
+    runs = json.loads((Path(__file__).parent / "data" / "smollm2_dpo_runs.json").read_text())
+    run = runs["runs"][name]
+    diagnosis = diagnose(run["log_history"], beta=run["setting"]["beta"])
+    assert diagnosis.verdict == REAL_SMOLLM2[name], diagnosis
+    if diagnosis.verdict == "saturated":
+        assert "learning_rate from 5e-05 to 1e-05" in diagnosis.advice, diagnosis.advice
+        assert "1 epoch(s) instead of 3" in diagnosis.advice and "beta 0.1" in diagnosis.advice
