@@ -42,6 +42,8 @@ def test_quick_run_writes_every_key_with_sane_values(quick_results):
     assert data["training_overhead_ratio"] > 0
     assert data["generation_batched_speedup"] > 0
     assert data["generation_outputs_identical"] is True
+    verify = data["sections"]["verify_teaching"]  # teacher-forced grading vs regeneration
+    assert verify["all_agree"] is True and data["verify_teaching_speedup"] > 0
     overhead = data["sections"]["overhead"]
     assert len(overhead["labkit"]["reps"]) == 1 and len(overhead["bare_trl"]["reps"]) == 1
     assert overhead["same_losses"], "labkit and bare TRL must train identically"
