@@ -65,6 +65,7 @@ def test_docs_render_from_the_quick_results(quick_results, tmp_path):
     text = report.write_docs(tmp_path / "results", tmp_path / "benchmarks.md").read_text()
     assert f"## {quick_results['machine']['slug']}" in text
     assert "Training overhead" in text and "outputs identical" in text
+    assert "teacher-forced verify, teaching model" in text and "both accept" in text
     assert "QUICK smoke run" in text
 
 
