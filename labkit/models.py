@@ -52,7 +52,8 @@ def model_kind(model, tokenizer, resolved: str) -> str:
     model_type = getattr(model.config, "model_type", "")
     if model_type == "gpt2":
         return "gpt2"
-    if model_type in {"llama", "mistral", "qwen2", "qwen3"} and getattr(tokenizer, "chat_template", None):
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if model_type in {"llama", "mistral", "qwen2", "qwen3"} and has_template:
         return "llama-instruct"
     return "causal-lm"
 

@@ -105,7 +105,8 @@ def _stop_problem(ids, eos_id, max_new_tokens: int, from_text: bool) -> str | No
     ended_at_eos = bool(ids) and ids[-1] == eos_id
     if ended_at_eos and len(ids) <= max_new_tokens:
         return None
-    if not ended_at_eos and (len(ids) == max_new_tokens or (from_text and len(ids) > max_new_tokens)):
+    full = len(ids) == max_new_tokens or (from_text and len(ids) > max_new_tokens)
+    if not ended_at_eos and full:  # re-tokenized text may split into more tokens
         return None
     if not ids:
         return "the recorded output is empty: greedy decoding always produces >= 1 token"

@@ -226,7 +226,7 @@ def test_advice_never_suggests_the_value_the_run_already_uses():
     weak = diagnose(steps([0.693, 0.69, 0.68, 0.675], epoch=1.0), learning_rate=2e-5)
     assert weak.verdict == "weak"
     assert "from 2e-05 to 6e-05" in weak.advice and "from 1 to 2" in weak.advice, weak.advice
-    logged = diagnose(steps([0.693, 0.69, 0.68, 0.675], learning_rate=3e-5))  # read from the log
+    logged = diagnose(steps([0.693, 0.69, 0.68, 0.675], learning_rate=3e-5))  # from the log
     assert "from 3e-05 to 9e-05" in logged.advice, logged.advice
     unknown = diagnose([{k: v for k, v in e.items() if k != "learning_rate"}
                         for e in steps([0.693, 0.69, 0.68, 0.675])])
