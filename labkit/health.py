@@ -88,11 +88,12 @@ def _advice(name: str, run: dict) -> str:
     beta, lr, epochs = run["beta"], run["learning_rate"], run["epochs"]
     lower_lr = (f"lower learning_rate from {lr:g} to {lr / 10:g}" if lr
                 else "lower learning_rate (e.g. /10)")
-    if name == "over_optimised" and beta:
+    if name == "over_optimised" and (beta or lr):
+        raise_beta = (f"Raise beta from {beta:g} to {3 * beta:g} (it keeps the policy closer "
+                      f"to the reference)" if beta else "Raise beta (e.g. x3)")
         return (f"Loss collapsed to ~0 within the first steps while margins kept exploding: "
-                f"with this few pairs the policy is running away from the reference. Raise "
-                f"beta from {beta:g} to {3 * beta:g} (it keeps the policy closer to the "
-                f"reference), or {lower_lr}.")
+                f"with this few pairs the policy is running away from the reference. "
+                f"{raise_beta}, or {lower_lr}.")
     if name == "saturated" and (lr or epochs):
         changes = [f"lower learning_rate from {lr:g} to {lr / 5:g}" if lr else
                    "lower learning_rate (e.g. /5)"]
