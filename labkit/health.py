@@ -97,13 +97,13 @@ def _advice(name: str, run: dict) -> str:
     if name == "saturated" and (lr or epochs):
         changes = [f"lower learning_rate from {lr:g} to {lr / 5:g}" if lr else
                    "lower learning_rate (e.g. /5)"]
-        if epochs and epochs > 1:
-            changes.append(f"train {max(1, epochs // 3)} epoch(s) instead of {epochs}")
+        if epochs and epochs >= 4:  # fewer than that would leave too few steps to judge
+            changes.append(f"train {epochs // 2} epochs instead of {epochs}")
         used = ", ".join(f"{k} {v:g}" for k, v in (("beta", beta), ("learning_rate", lr),
                                                     ("num_train_epochs", epochs)) if v)
         return (f"The loss reached ~0 within the first third of training while the margins "
                 f"kept growing: with {used}, the policy memorised these few pairs instead of "
-                f"learning the preference. {' or '.join(changes).capitalize()}, or add pairs; "
+                f"learning the preference. {_upper_first(' or '.join(changes))}, or add pairs; "
                 f"then check held-out accuracy and perplexity in step 4.")
     if name == "weak" and (lr or epochs):
         raise_lr = (f"raise learning_rate from {lr:g} to {3 * lr:g}" if lr
@@ -116,6 +116,10 @@ def _advice(name: str, run: dict) -> str:
         return (f"Training produced NaN/inf: {lower_lr}, keep bf16 off on CPU, and check for "
                 f"empty completions.")
     return ADVICE[name]
+
+
+def _upper_first(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def diagnose(log_history, beta: float | None = None, learning_rate: float | None = None,

@@ -210,7 +210,10 @@ def test_saturated_advice_reads_the_runs_own_values():
         entry["epoch"] = (i + 1) / 2  # 6 steps over 3 epochs, as TRL logs them
     advice = diagnose(history, beta=0.1, learning_rate=5e-5).advice
     assert "beta 0.1, learning_rate 5e-05, num_train_epochs 3" in advice, advice
-    assert "from 5e-05 to 1e-05" in advice and "1 epoch(s) instead of 3" in advice, advice
+    assert "Lower learning_rate from 5e-05 to 1e-05, or add pairs" in advice, advice
+    assert "epochs instead" not in advice  # 1 epoch = 2 steps: too short to judge
+    longer = diagnose(history, beta=0.1, learning_rate=5e-5, num_train_epochs=10).advice
+    assert "or train 5 epochs instead of 10" in longer, longer
 
 
 def test_advice_never_suggests_the_value_the_run_already_uses():
@@ -250,4 +253,4 @@ def test_real_smollm2_runs_get_the_verdict_a_practitioner_gives(name):
     assert diagnosis.verdict == REAL_SMOLLM2[name], diagnosis
     if diagnosis.verdict == "saturated":
         assert "learning_rate from 5e-05 to 1e-05" in diagnosis.advice, diagnosis.advice
-        assert "1 epoch(s) instead of 3" in diagnosis.advice and "beta 0.1" in diagnosis.advice
+        assert "beta 0.1" in diagnosis.advice
