@@ -98,9 +98,9 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 
 
 def prepare_tokenizer(tokenizer):
-    """GPT-2 has no pad token: use EOS (an instruct model such as SmolLM2 ships one: its
-    end-of-turn `<|im_end|>`, which is also its EOS, so it is kept). Left padding, so batched generation continues each
-    prompt from its real last token (TRL pads its own training batches)."""
+    """GPT-2 has no pad token: use EOS (an instruct model such as SmolLM2 ships one, its
+    end-of-turn `<|im_end|>` = its EOS, and keeps it). Left padding, so batched generation
+    continues each prompt from its real last token (TRL pads its own training batches)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
