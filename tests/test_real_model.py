@@ -51,7 +51,10 @@ def test_the_whole_lab_on_smollm2_learns_without_memorising(tmp_path, smollm2_di
     from labkit import artifacts
 
     training = artifacts.load_json(run_dir / artifacts.STEP3_TRAINING)
-    assert training["dpo_config"]["learning_rate"] == 1e-5  # the llama-instruct preset
+    from labkit.config import PRESETS
+
+    preset = PRESETS["llama-instruct"]
+    assert training["dpo_config"]["learning_rate"] == preset.learning_rate
     m = report["metrics"]
     drift = m["perplexity_after"] / m["perplexity_before"] - 1
     losses = [round(e["loss"], 4) for e in training["log_history"] if "loss" in e]
