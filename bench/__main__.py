@@ -74,7 +74,8 @@ def skeleton(args, argv) -> dict:
             "generation_batched_speedup", "generation_outputs_identical",
             "gpt2_generation_batched_speedup", "gpt2_generation_outputs_identical",
             "gpt2_cpu_train_seconds", "gpt2_cpu_peak_rss_mb", "gpt2_precompute_speedup",
-            "gpt2_faster_mode", "lab_seconds", "grading", "gpu")
+            "gpt2_faster_mode", "lab_seconds", "grading", "gpu", "verify_teaching_speedup",
+            "verify_smollm2_speedup")
     return {"schema_version": SCHEMA_VERSION, "machine": machine.describe(args.tag),
             "versions": machine.versions(), "started_at": machine.now(), "finished_at": None,
             "command": " ".join(["python -m bench", *argv]), "quick": args.quick,
@@ -117,6 +118,18 @@ def run_generation(result, args, name, model_name, prefix):
     result[f"{prefix}generation_outputs_identical"] = gen["outputs_identical"]
 
 
+def run_verify(result, args, name, model_name):
+    from labkit import teaching
+    from labkit.models import load_model
+
+    from . import verify
+
+    model, tokenizer, _ = load_model(model_name, quiet=True)
+    prompts = list(teaching.HELDOUT_PROMPTS[:6]) + [teaching.NEUTRAL_PROMPTS[0]]
+    result["sections"][name] = verify.measure(model, tokenizer, prompts, args.reps, log=log)
+    result[f"{name}_speedup"] = result["sections"][name]["speedup"]
+
+
 def run_gpt2_cpu(result, args):
     from . import gpt2_cpu
 
@@ -154,6 +167,13 @@ def run_all(args, argv) -> dict:
             run_overhead(result, args)
         with section(result, "generation_teaching"):
             run_generation(result, args, "generation_teaching", "teaching", "")
+        with section(result, "verify_teaching"):
+            run_verify(result, args, "verify_teaching", "teaching")
+        from labkit import real_model
+
+        if real_model.is_built(real_model.default_dir()) and not args.quick:
+            with section(result, "verify_smollm2"):  # only when `labkit real-model` ran
+                run_verify(result, args, "verify_smollm2", str(real_model.default_dir()))
         if args.skip_gpt2:
             result["sections"]["gpt2_cpu"] = {"reason": "skipped (--skip-gpt2)"}
         else:

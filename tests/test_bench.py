@@ -42,6 +42,8 @@ def test_quick_run_writes_every_key_with_sane_values(quick_results):
     assert data["training_overhead_ratio"] > 0
     assert data["generation_batched_speedup"] > 0
     assert data["generation_outputs_identical"] is True
+    verify = data["sections"]["verify_teaching"]  # teacher-forced grading vs regeneration
+    assert verify["all_agree"] is True and data["verify_teaching_speedup"] > 0
     overhead = data["sections"]["overhead"]
     assert len(overhead["labkit"]["reps"]) == 1 and len(overhead["bare_trl"]["reps"]) == 1
     assert overhead["same_losses"], "labkit and bare TRL must train identically"
@@ -63,6 +65,7 @@ def test_docs_render_from_the_quick_results(quick_results, tmp_path):
     text = report.write_docs(tmp_path / "results", tmp_path / "benchmarks.md").read_text()
     assert f"## {quick_results['machine']['slug']}" in text
     assert "Training overhead" in text and "outputs identical" in text
+    assert "teacher-forced verify, teaching model" in text and "both accept" in text
     assert "QUICK smoke run" in text
 
 

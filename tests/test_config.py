@@ -110,6 +110,25 @@ def test_generation_spec_from_dict_validates_values_too():
 
 
 # ------------------------------------------------------------------------------- presets
+def test_preset_for_reads_the_model_kind_and_device_from_model_info():
+    from labkit.models import KINDS, ModelInfo
+
+    def info(kind, device):
+        return ModelInfo("m", "m", device, "float32", False, None, 1, kind == "teaching", kind)
+
+    assert set(KINDS) == set(PRESETS)
+    assert preset_for(info("teaching", "cpu")) is PRESETS["teaching"]
+    assert preset_for(info("llama-instruct", "cuda")) is PRESETS["llama-instruct"]
+    smol_cpu = preset_for(info("llama-instruct", "cpu"))
+    assert smol_cpu.precompute_ref_log_probs and smol_cpu.name == "llama-instruct"
+    # calibrated on SmolLM2 (docs/models.md): gentler than GPT-2's, which memorised the pairs
+    assert smol_cpu.learning_rate * smol_cpu.num_train_epochs < (
+        PRESETS["gpt2"].learning_rate * PRESETS["gpt2"].num_train_epochs)
+    assert preset_for(info("causal-lm", "cuda")) is PRESETS["gpt2"]
+    with pytest.raises(ValueError, match="no preset for model kind 'bert'"):
+        preset_for(info("bert", "cpu"))
+
+
 def test_presets_exist_for_both_model_families():
     assert preset_for(True) is PRESETS["teaching"]
     assert preset_for(False, "cuda") is PRESETS["gpt2"]

@@ -31,7 +31,12 @@ def test_diagnose_real_runs(teaching_dir, name, give_beta):
         record_figure(f"diagnose({name})", f"{diagnosis.verdict}, {len(losses)} steps, loss "
                       f"{losses[0]:.3f} -> {losses[-1]:.4f}, train {run.seconds:.1f} s")
     assert diagnosis.verdict in expected, f"{config}: {diagnosis}"
-    assert diagnosis.advice == ADVICE[diagnosis.verdict]
+    if give_beta and diagnosis.verdict == "over_optimised":  # advice names the run's beta
+        assert f"beta from {run.beta:g} to {3 * run.beta:g}" in diagnosis.advice
+    if diagnosis.verdict in {"over_optimised", "diverged"}:  # and its logged learning rate
+        assert "learning_rate from 0.1 to 0.01" in diagnosis.advice, diagnosis.advice
+    else:
+        assert diagnosis.advice == ADVICE[diagnosis.verdict]
     assert diagnosis.reasons
 
 
@@ -133,13 +138,21 @@ def test_every_verdict_has_advice_and_renders():
         "over_optimised": diagnose(
             steps([0.69, 0.01, 0.001, 0.0005, 0.0001, 0.0001],
                   margins=[0.0, 5.0, 10.0, 20.0, 30.0, 40.0]), beta=0.1),
+        "saturated": diagnose(steps(*MEMORISED)),
     }
     for verdict, diagnosis in produced.items():
         assert diagnosis.verdict == verdict, diagnosis
-        assert len(ADVICE[verdict]) > 40 and diagnosis.advice == ADVICE[verdict]
+        assert len(ADVICE[verdict]) > 40
+        if verdict == "over_optimised":  # beta is known: the advice names it
+            assert "beta from 0.1 to 0.3" in diagnosis.advice
+        if verdict in {"over_optimised", "saturated", "weak", "diverged"}:
+            # the learning rate is in the log (1e-4): the advice names it
+            assert "learning_rate from 0.0001 to" in diagnosis.advice, diagnosis.advice
+        else:
+            assert diagnosis.advice == ADVICE[verdict]
         text = str(diagnosis)
         assert text.startswith(f"Verdict: {verdict.upper().replace('_', ' ')}")
-        assert "What to do: " + ADVICE[verdict] in text
+        assert "What to do: " + diagnosis.advice in text
         assert all(f"  - {r}" in text for r in diagnosis.reasons)
 
 
@@ -165,3 +178,79 @@ def test_extreme_runaway_is_over_optimised_even_when_the_collapse_is_late():
     assert diagnose(runaway).verdict == "over_optimised"  # from log-probs alone
     mild = _history(losses, [m / 2 for m in margins], [-7, -8, -9, -10, -12, -13, -14, -15, -16, -17])
     assert diagnose(mild, beta=0.1).verdict == "healthy"
+
+
+# ------------------------------------------- memorised pairs; advice that reads the run
+# SmolLM2-135M-Instruct with GPT-2's preset (lr 5e-5, beta 0.1, 3 epochs of 8 pairs, 6 steps)
+MEMORISED = ([0.6931, 0.0470, 0.0003, 0.0000, 0.0000, 0.0000],
+             [0.0, 3.1, 8.2, 11.0, 12.7, 13.6])
+
+
+def test_loss_at_zero_in_the_first_third_with_growing_margins_is_saturated():
+    diagnosis = diagnose(steps(*MEMORISED), beta=0.1)  # 136 nats: below the runaway line
+    assert diagnosis.verdict == "saturated", diagnosis
+    assert not diagnosis.ok
+    assert any("logged step 2 of 6" in r for r in diagnosis.reasons), diagnosis.reasons
+    assert any("3.10 -> 13.60" in r for r in diagnosis.reasons), diagnosis.reasons
+
+
+@pytest.mark.parametrize("losses,margins", [
+    (FALLING, None),                                                # never collapses
+    ([0.69, 0.5, 0.3, 0.1, 0.04, 0.01], [0, 1, 2, 3, 4, 5]),        # collapses late: fine
+    ([0.69, 0.04, 0.3, 0.2, 0.1, 0.08], [0, 3, 2, 2.5, 3, 3.2]),    # dips once, recovers
+    ([0.69, 0.04, 0.01, 0.01, 0.01, 0.01], [0, 3, 3, 3, 3, 3]),     # margins stopped growing
+])
+def test_what_is_not_saturated(losses, margins):
+    assert diagnose(steps(losses, margins), beta=0.1).verdict != "saturated"
+
+
+def test_saturated_advice_reads_the_runs_own_values():
+    history = steps(*MEMORISED)
+    for i, entry in enumerate(history):
+        entry["epoch"] = (i + 1) / 2  # 6 steps over 3 epochs, as TRL logs them
+    advice = diagnose(history, beta=0.1, learning_rate=5e-5).advice
+    assert "beta 0.1, learning_rate 5e-05, num_train_epochs 3" in advice, advice
+    assert "Lower learning_rate from 5e-05 to 1e-05, or add pairs" in advice, advice
+    assert "epochs instead" not in advice  # 1 epoch = 2 steps: too short to judge
+    longer = diagnose(history, beta=0.1, learning_rate=5e-5, num_train_epochs=10).advice
+    assert "or train 5 epochs instead of 10" in longer, longer
+
+
+def test_advice_never_suggests_the_value_the_run_already_uses():
+    """Issue 10: 'Raise beta (e.g. 0.1)' was printed for a run at beta 0.1."""
+    runaway = _history([0.69, 0.01, 0.001, 0.0005, 0.0001, 0.0001], [0, 5, 10, 20, 30, 40],
+                       [-7, -30, -90, -200, -400, -800])
+    for beta in (0.01, 0.1, 0.5):
+        diagnosis = diagnose(runaway, beta=beta, learning_rate=1e-4)
+        assert diagnosis.verdict == "over_optimised"
+        assert f"from {beta:g} to {3 * beta:g}" in diagnosis.advice, diagnosis.advice
+        assert f"e.g. {beta:g})" not in diagnosis.advice
+        assert "from 0.0001 to 1e-05" in diagnosis.advice
+    weak = diagnose(steps([0.693, 0.69, 0.68, 0.675], epoch=1.0), learning_rate=2e-5)
+    assert weak.verdict == "weak"
+    assert "from 2e-05 to 6e-05" in weak.advice and "from 1 to 2" in weak.advice, weak.advice
+    logged = diagnose(steps([0.693, 0.69, 0.68, 0.675], learning_rate=3e-5))  # from the log
+    assert "from 3e-05 to 9e-05" in logged.advice, logged.advice
+    unknown = diagnose([{k: v for k, v in e.items() if k != "learning_rate"}
+                        for e in steps([0.693, 0.69, 0.68, 0.675])])
+    assert unknown.advice == ADVICE["weak"]  # nothing known: the generic "x3"
+
+
+REAL_SMOLLM2 = {"lr5e-05-epochs3-beta0.1": "saturated",   # GPT-2's preset: memorised
+                "lr1e-05-epochs3-beta0.1": "healthy",     # the llama-instruct preset
+                "lr5e-06-epochs3-beta0.1": "healthy"}
+
+
+@pytest.mark.parametrize("name", list(REAL_SMOLLM2))
+def test_real_smollm2_runs_get_the_verdict_a_practitioner_gives(name):
+    """Logs of real SmolLM2-135M-Instruct runs (tests/data, from `python -m bench.calibrate`):
+    GPT-2's preset memorises the 8 pairs; the calibrated preset and a gentler one learn."""
+    from pathlib import Path
+
+    runs = json.loads((Path(__file__).parent / "data" / "smollm2_dpo_runs.json").read_text())
+    run = runs["runs"][name]
+    diagnosis = diagnose(run["log_history"], beta=run["setting"]["beta"])
+    assert diagnosis.verdict == REAL_SMOLLM2[name], diagnosis
+    if diagnosis.verdict == "saturated":
+        assert "learning_rate from 5e-05 to 1e-05" in diagnosis.advice, diagnosis.advice
+        assert "beta 0.1" in diagnosis.advice

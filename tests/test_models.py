@@ -127,6 +127,22 @@ def test_pick_device():
             pick_device("cuda")
 
 
+def test_model_kind_reads_the_architecture_and_the_chat_template(teaching):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from labkit.models import model_kind
+
+    model, tokenizer, info = teaching
+    assert info.kind == "teaching" and model_kind(model, tokenizer, "teaching") == "teaching"
+    assert model_kind(model, tokenizer, "/some/copy") == "gpt2"  # GPT-2 architecture
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2))
+    chat = copy.deepcopy(tokenizer)
+    assert model_kind(llama, chat, "x") == "causal-lm"  # no chat template: unknown family
+    chat.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert model_kind(llama, chat, "x") == "llama-instruct"
+
+
 def test_teaching_model_loads_on_cpu_in_fp32_in_eval_mode(teaching):
     model, tokenizer, info = teaching
     assert model.device.type == "cpu" and model.dtype is torch.float32
@@ -171,6 +187,7 @@ def test_random_gpt2_loads_like_gpt2(gpt2, gpt2_dir, figure):
     assert n == info.n_parameters == GPT2_PARAMETERS
     assert (info.requested, info.resolved) == (str(gpt2_dir), str(gpt2_dir))
     assert info.fell_back is False and info.is_teaching is False and info.reason is None
+    assert info.kind == "gpt2" and tokenizer.chat_template is None  # a base model
     assert tokenizer.pad_token == tokenizer.eos_token
     assert tokenizer.pad_token_id == GPT2_EOS_ID and tokenizer.padding_side == "left"
     assert model.config.pad_token_id == GPT2_EOS_ID

