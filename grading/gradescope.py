@@ -141,8 +141,9 @@ def prepare(source: Path) -> int:
 
 # ----------------------------------------------------------------------------- grading
 def find_target(submission: Path) -> Path | None:
-    """What to grade in an upload: the shallowest folder holding notebooks (an uploaded
-    zip of a folder arrives one level down), or its only notebook, graded alone."""
+    """What to grade in an upload: the folder holding the most notebooks (directly or in
+    its notebooks/; the shallowest on a tie: an uploaded zip of a folder arrives one level
+    down), or, when that is a single notebook, that notebook, graded alone."""
     found = []
     for folder, dirs, files in os.walk(submission):  # never follows symlinks
         depth = len(Path(folder).relative_to(submission).parts)
@@ -151,9 +152,28 @@ def find_target(submission: Path) -> Path | None:
                   and not (Path(folder) / f).is_symlink()]
     if not found:
         return None
-    folder = min(found, key=lambda p: (len(p.parts), str(p))).parent
-    mine = [p for p in found if p.parent in (folder, folder / "notebooks")]
-    return mine[0] if len(mine) == 1 else folder
+    folders = {p.parent for p in found} | {p.parent.parent for p in found
+                                           if p.parent.name == "notebooks"}
+    holds = {f: [p for p in found if p.parent in (f, f / "notebooks")] for f in folders}
+    best = min(folders, key=lambda f: (-len(holds[f]), len(f.parts), str(f)))
+    return holds[best][0] if len(holds[best]) == 1 else best
+
+
+def unpack_zips(submission: Path, dest: Path, limit_mb: int = 512) -> Path:
+    """The upload's zips, unpacked into dest, for when Gradescope left them packed.
+    zipfile drops absolute paths and '..'; an oversized or broken zip is skipped."""
+    for archive in sorted(submission.glob("*.zip")):
+        if archive.is_symlink() or not archive.is_file():
+            continue
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                if sum(i.file_size for i in zf.infolist()) > limit_mb << 20:
+                    print(f"{archive.name}: over {limit_mb} MB unpacked, skipped", flush=True)
+                    continue
+                zf.extractall(dest / archive.stem)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            print(f"{archive.name}: not unpacked ({exc})", flush=True)
+    return dest
 
 
 def run(root: Path, python: str = sys.executable) -> int:
@@ -162,15 +182,16 @@ def run(root: Path, python: str = sys.executable) -> int:
     results_file = root / "results" / "results.json"
     results_file.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    target = find_target(root / "submission")
-    if target is None:
-        write_results(results_file, failure(
-            "No notebook (.ipynb) was found in your submission. Upload the lab's notebooks "
-            "(01_baseline.ipynb ... 04_before_after.ipynb), or one of them, as files or in "
-            "a zip.", time.monotonic() - start))
-        return 0
-    print(f"grading {target.relative_to(root)} with model {config['model']!r}", flush=True)
     with tempfile.TemporaryDirectory(prefix="gradescope-") as tmp:
+        target = (find_target(root / "submission")
+                  or find_target(unpack_zips(root / "submission", Path(tmp) / "unzipped")))
+        if target is None:
+            write_results(results_file, failure(
+                "No notebook (.ipynb) was found in your submission. Upload the lab's "
+                "notebooks (01_baseline.ipynb ... 04_before_after.ipynb), or one of them, as "
+                "files or in a zip.", time.monotonic() - start))
+            return 0
+        print(f"grading {target} with model {config['model']!r}", flush=True)
         out = Path(tmp) / "out"
         cmd = [python, "-m", "grading", str(target), "--out", str(out),
                "--model", config["model"], "--timeout", str(config["timeout"]),

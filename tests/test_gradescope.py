@@ -142,16 +142,33 @@ def test_what_is_graded_in_an_upload(tmp_path):
     (sub / "my-lab" / ".ipynb_checkpoints").mkdir()
     (sub / "my-lab" / ".ipynb_checkpoints" / "01_baseline-checkpoint.ipynb").write_text("{}")
     assert gradescope.find_target(sub) == sub / "my-lab"
+    (sub / "scratch.ipynb").write_text("{}")  # a stray notebook does not win over the lab
+    assert gradescope.find_target(sub) == sub / "my-lab"
     single = tmp_path / "single"
     craft.single(3, single)
     assert gradescope.find_target(single) == single / craft.NAMES[3]
     nested = tmp_path / "nested"
     craft.solution(nested / "notebooks")
-    assert gradescope.find_target(nested) == nested / "notebooks"
+    assert gradescope.find_target(nested) == nested  # the grader looks in notebooks/
     linked = tmp_path / "linked"
     linked.mkdir()
     (linked / "01_baseline.ipynb").symlink_to(craft.NOTEBOOKS / craft.NAMES[1])
     assert gradescope.find_target(linked) is None
+
+
+def test_a_zip_left_packed_is_unpacked_and_cannot_escape(tmp_path):
+    sub = tmp_path / "submission"
+    sub.mkdir()
+    with zipfile.ZipFile(sub / "lab.zip", "w") as zf:
+        for name in craft.NAMES.values():
+            zf.write(craft.NOTEBOOKS / name, f"my-lab/{name}")
+        zf.writestr("../../escaped.ipynb", "{}")
+    (sub / "broken.zip").write_text("not a zip")
+    assert gradescope.find_target(sub) is None
+    dest = gradescope.unpack_zips(sub, tmp_path / "unzipped")
+    assert gradescope.find_target(dest) == dest / "lab" / "my-lab"
+    assert (dest / "lab" / "escaped.ipynb").exists()  # '..' dropped: stays inside
+    assert not list(tmp_path.glob("*.ipynb")) and not list(dest.glob("*.ipynb"))
 
 
 def test_empty_upload_gets_zero_and_says_what_to_upload(tmp_path):
@@ -234,3 +251,17 @@ def test_untouched_release_gets_0(autograder_zip):
     assert "not done yet" in res["output"]
     if autograde.namespaces_work():
         assert "isolation: namespaces" in proc.stderr
+
+
+@pytest.mark.slow
+def test_grader_cli_no_namespaces_flag(tmp_path, teaching_dir):
+    """`python -m grading --no-namespaces` takes the same path, and says so."""
+    (tmp_path / "sub").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "grading", str(tmp_path / "sub"), "--out",
+                           str(tmp_path / "out"), "--model", "teaching", "--no-execute",
+                           "--no-namespaces"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "isolation: environment only" in proc.stderr
+    feedback = (tmp_path / "out" / "sub" / "feedback.md").read_text()
+    assert f"{autograde.NO_NAMESPACES_ENV}=1" in feedback
