@@ -182,6 +182,19 @@ def test_empty_upload_gets_zero_and_says_what_to_upload(tmp_path):
     assert "No notebook (.ipynb) was found" in res["output"]
 
 
+def test_a_grader_that_cannot_run_says_so_and_exits_non_zero(tmp_path):
+    archive = tmp_path / "autograder.zip"
+    assert build(archive, "--model", "teaching").returncode == 0
+    root = simulated_root(tmp_path, archive)
+    config = root / "source" / "autograder.json"
+    config.write_text(config.read_text().replace('"timeout": 1800', '"timeout": -1'))
+    _solution(root / "submission")
+    proc, res, _ = run_autograder(root)
+    assert proc.returncode == 1
+    assert gradescope.validate(res) == [] and res["score"] == 0
+    assert "could not grade this submission (the grader exited with status 2)" in res["output"]
+
+
 def test_forcing_the_path_without_namespaces(monkeypatch, tmp_path):
     monkeypatch.setenv(autograde.NO_NAMESPACES_ENV, "1")
     assert not autograde.namespaces_work()
