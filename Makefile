@@ -6,7 +6,9 @@ TORCH_CPU := torch==2.13.0
 # OpenMP's default spin-waiting makes CPU training 2-25x slower on a busy machine
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: run test lab teaching-model release bench clean
+STUDENT := build/student
+
+.PHONY: run test lab lab-solutions teaching-model release gradescope bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,14 +25,28 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
-lab: $(VENV)/.installed
+# Students: the student notebooks (exercises stubbed), written on first use and never
+# overwritten by `make lab` (work in progress stays; `make release` rewrites them).
+lab: $(VENV)/.installed | $(STUDENT)
+	$(VENV)/bin/jupyter lab $(STUDENT)/
+
+$(STUDENT): | $(VENV)/.installed
+	$(PY) -m labkit release --out $@
+
+# Instructors: the solution notebooks (the source the student version is made from).
+lab-solutions: $(VENV)/.installed
 	$(VENV)/bin/jupyter lab notebooks/
 
 teaching-model: $(VENV)/.installed
 	$(PY) -m labkit teaching-model
 
+# Instructors: (re)write the student notebooks to hand out -> build/student
 release: $(VENV)/.installed
-	$(PY) -m labkit release --out build/student
+	$(PY) -m labkit release --out $(STUDENT)
+
+# Instructors: Gradescope's autograder zip for the class's model ($$LABKIT_MODEL, else gpt2)
+gradescope: $(VENV)/.installed
+	$(PY) -m grading gradescope --out build/autograder.zip
 
 bench: $(VENV)/.installed
 	$(PY) -m bench

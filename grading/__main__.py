@@ -1,4 +1,6 @@
 """`python -m grading SUBMISSION... --out DIR`: grade a class's submissions.
+(`python -m grading gradescope --out autograder.zip`: the Gradescope autograder, see
+grading.gradescope.)
 
 A submission is a folder with the four notebooks, one notebook (graded alone; its earlier
 steps come from the reference solution), or, with --no-execute, a run directory. Each is
@@ -36,6 +38,9 @@ def parse_args(argv):
                         help="grade existing run directories without running notebooks")
     parser.add_argument("--model", default=os.environ.get("LABKIT_MODEL") or "gpt2",
                         help="the model the class uses (LABKIT_MODEL)")
+    parser.add_argument("--no-namespaces", action="store_true",
+                        help="run kernels without user namespaces even where they work (what "
+                             "a container that forbids them gets; LABKIT_GRADER_NO_NAMESPACES=1)")
     parser.add_argument("--keep-work", type=Path, metavar="DIR",
                         help="put the sandboxes (work folders, executed run directories) in "
                              "DIR and keep them, for debugging")
@@ -59,8 +64,15 @@ def names_for(paths: list[Path]) -> list[str]:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["gradescope"]:  # `python -m grading gradescope --out autograder.zip`
+        from . import gradescope
+
+        return gradescope.main(argv[1:])
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.no_namespaces:  # an env var, so that --jobs workers and the probe see it
+        os.environ["LABKIT_GRADER_NO_NAMESPACES"] = "1"
     from labkit import runtime
 
     with runtime.quiet_libraries(), runtime.known_warnings_ignored():

@@ -1,6 +1,7 @@
 """The student release: one source, two versions."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,37 @@ def test_cli_writes_student_notebooks_without_solutions(tmp_path):
     solution = (ROOT / "notebooks" / "03_train_dpo.ipynb").read_text()
     student = (tmp_path / "03_train_dpo.ipynb").read_text()
     assert "DPOTrainer(model=model" in solution and "DPOTrainer(model=model" not in student
+
+
+def _make(tmp_path, *args) -> str:
+    """`make ARGS` on the real Makefile with this Python standing in for the venv's."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    venv = tmp_path / "venv"
+    venv.mkdir(exist_ok=True)
+    (venv / ".installed").touch()  # newer than pyproject.toml: no install step
+    proc = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), *args,
+                           f"VENV={venv}", f"PY={sys.executable}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_make_release_writes_the_student_notebooks(tmp_path):
+    student = tmp_path / "student"
+    _make(tmp_path, "release", f"STUDENT={student}")
+    assert sorted(p.name for p in student.glob("*.ipynb")) == sorted(
+        p.name for p in (ROOT / "notebooks").glob("0[1-4]_*.ipynb"))
+    assert "BEGIN SOLUTION" not in (student / "03_train_dpo.ipynb").read_text()
+
+
+def test_make_lab_opens_the_student_notebooks_and_keeps_work_in_progress(tmp_path):
+    student = tmp_path / "student"
+    plan = _make(tmp_path, "-n", "lab", f"STUDENT={student}").splitlines()
+    release = next(i for i, l in enumerate(plan) if "labkit release --out" in l)
+    opens = next(i for i, l in enumerate(plan) if "jupyter lab" in l)
+    assert release < opens and plan[opens].rstrip().endswith(f"jupyter lab {student}/")
+    student.mkdir()  # already released, maybe half done: never overwritten by `make lab`
+    plan = _make(tmp_path, "-n", "lab", f"STUDENT={student}")
+    assert "labkit release" not in plan and f"jupyter lab {student}/" in plan
+    assert "jupyter lab notebooks/" in _make(tmp_path, "-n", "lab-solutions")

@@ -1,0 +1,334 @@
+"""Gradescope autograder: `python -m grading gradescope --out autograder.zip [--model NAME]`.
+
+The zip holds Gradescope's two entry points at its root, and the lab's source (labkit/,
+grading/, notebooks/ - the reference solution a single-notebook submission's earlier steps
+are run from - pyproject.toml, README.md):
+
+- `setup.sh`, run once when Gradescope builds the image: a venv, the CPU build of torch
+  first, the lab installed editable from /autograder/source, the class's model cached
+  (submissions are then graded offline).
+- `run_autograder`, run for every submission: `python -m grading.gradescope run`, which
+  grades /autograder/submission with the same grader as `python -m grading` and writes
+  /autograder/results/results.json in Gradescope's documented format (checked by
+  `validate` before it is written).
+
+`AUTOGRADER_ROOT` (default /autograder) moves the whole tree, so that a test runs the zip
+end to end in a temporary folder; `AUTOGRADER_SKIP_INSTALL=1` makes setup.sh reuse the
+Python named by `AUTOGRADER_PYTHON` instead of creating a venv and installing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TORCH_CPU = "torch==2.13.0"  # the Makefile's TORCH_CPU (a test keeps them equal)
+TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # PyPI's Linux torch is the CUDA build
+SHIPPED = ("labkit", "grading", "notebooks", "pyproject.toml", "README.md")
+SKIPPED_PARTS = {"__pycache__", ".ipynb_checkpoints"}
+CONFIG = "autograder.json"
+MAX_POINTS = 100
+
+# Gradescope's results.json (gradescope-autograders.readthedocs.io/en/latest/specs/)
+TOP_KEYS = {"score": "number", "execution_time": "number", "output": "str",
+            "output_format": "format", "test_output_format": "format",
+            "test_name_format": "format", "visibility": "visibility",
+            "stdout_visibility": "visibility", "extra_data": "dict", "tests": "list",
+            "leaderboard": "list"}
+TEST_KEYS = {"score": "number", "max_score": "number", "status": "status", "name": "str",
+             "name_format": "format", "number": "str", "output": "str",
+             "output_format": "format", "tags": "list", "visibility": "visibility",
+             "extra_data": "dict"}
+ENUMS = {"visibility": {"hidden", "after_due_date", "after_published", "visible"},
+         "status": {"passed", "failed"},
+         "format": {"text", "html", "simple_format", "md", "ansi"}}
+# what this autograder always writes, beyond the format's own rules
+REQUIRED_TEST_KEYS = ("name", "score", "max_score", "output", "visibility")
+
+SETUP_SH = """#!/usr/bin/env bash
+# Gradescope runs this once, as root, when it builds the autograder image.
+# AUTOGRADER_ROOT (default /autograder) moves the tree; AUTOGRADER_SKIP_INSTALL=1 reuses the
+# Python in AUTOGRADER_PYTHON instead of making a venv (tests); TORCH_INDEX_URL= (empty)
+# takes torch from PyPI instead of PyTorch's CPU index.
+set -euo pipefail
+ROOT="${{AUTOGRADER_ROOT:-/autograder}}"
+SRC="$ROOT/source"
+export LABKIT_CACHE="${{LABKIT_CACHE:-$ROOT/cache}}"
+TORCH_INDEX_URL="${{TORCH_INDEX_URL-{torch_index}}}"
+if [ "${{AUTOGRADER_SKIP_INSTALL:-0}}" = 1 ]; then
+  PY="${{AUTOGRADER_PYTHON:?AUTOGRADER_SKIP_INSTALL=1 needs AUTOGRADER_PYTHON}}"
+else
+  if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
+    apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip
+  fi
+  python3 -m venv "$ROOT/venv"
+  PY="$ROOT/venv/bin/python"
+  "$PY" -m pip install -q --upgrade pip
+  # the CPU build of torch first: the lab's dependencies would otherwise pull CUDA's
+  "$PY" -m pip install -q "{torch}" ${{TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}}
+  "$PY" -m pip install -q -e "$SRC"
+fi
+cd "$SRC"
+PYTHONPATH="$SRC" "$PY" -m grading.gradescope prepare
+"""
+
+RUN_AUTOGRADER = """#!/usr/bin/env bash
+# Gradescope runs this for every submission: grade $ROOT/submission and write
+# $ROOT/results/results.json. AUTOGRADER_ROOT (default /autograder) moves the tree;
+# AUTOGRADER_PYTHON overrides the venv's Python; LABKIT_GRADER_NO_NAMESPACES=1 forces the
+# path without user namespaces.
+set -uo pipefail
+ROOT="${AUTOGRADER_ROOT:-/autograder}"
+SRC="$ROOT/source"
+export LABKIT_CACHE="${LABKIT_CACHE:-$ROOT/cache}" HF_HUB_OFFLINE=1 PYTHONPATH="$SRC"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+PY="${AUTOGRADER_PYTHON:-$ROOT/venv/bin/python}"
+cd "$SRC"
+exec "$PY" -m grading.gradescope run --root "$ROOT"
+"""
+
+
+# ----------------------------------------------------------------------------- the zip
+def build_zip(out: Path, config: dict, repo: Path = REPO) -> list[str]:
+    """Write the autograder zip; returns its member names. Reproducible: sorted members,
+    fixed timestamps, so the same source gives the same zip."""
+    members: dict[str, tuple[bytes, int]] = {
+        "setup.sh": (SETUP_SH.format(torch=TORCH_CPU, torch_index=config["torch_index"])
+                     .encode(), 0o755),
+        "run_autograder": (RUN_AUTOGRADER.encode(), 0o755),
+        CONFIG: ((json.dumps(config, indent=2) + "\n").encode(), 0o644)}
+    for name in SHIPPED:
+        path = repo / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: the autograder ships it "
+                                    "(run from a checkout of the lab)")
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            rel = file.relative_to(repo)
+            if SKIPPED_PARTS.intersection(rel.parts) or file.suffix == ".pyc":
+                continue
+            members[rel.as_posix()] = (file.read_bytes(), 0o644)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(members):
+            data, mode = members[name]
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = (0o100000 | mode) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
+    return sorted(members)
+
+
+def prepare(source: Path) -> int:
+    """setup.sh's last step: load the class's model once, strictly, so that it is cached
+    (a hub model is downloaded now; the teaching model is built) and a wrong name fails the
+    image build instead of every submission."""
+    from labkit.models import load_model
+
+    model = json.loads((source / CONFIG).read_text(encoding="utf-8"))["model"]
+    _, _, info = load_model(model, strict=True)
+    print(f"autograder model ready: {info.resolved}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- grading
+def find_target(submission: Path) -> Path | None:
+    """What to grade in an upload: the folder holding the most notebooks (directly or in
+    its notebooks/; the shallowest on a tie: an uploaded zip of a folder arrives one level
+    down), or, when that is a single notebook, that notebook, graded alone."""
+    found = []
+    for folder, dirs, files in os.walk(submission):  # never follows symlinks
+        depth = len(Path(folder).relative_to(submission).parts)
+        dirs[:] = [d for d in dirs if depth < 3 and d not in SKIPPED_PARTS | {"__MACOSX"}]
+        found += [Path(folder) / f for f in files if f.endswith(".ipynb")
+                  and not (Path(folder) / f).is_symlink()]
+    if not found:
+        return None
+    folders = {p.parent for p in found} | {p.parent.parent for p in found
+                                           if p.parent.name == "notebooks"}
+    holds = {f: [p for p in found if p.parent in (f, f / "notebooks")] for f in folders}
+    best = min(folders, key=lambda f: (-len(holds[f]), len(f.parts), str(f)))
+    return holds[best][0] if len(holds[best]) == 1 else best
+
+
+def unpack_zips(submission: Path, dest: Path, limit_mb: int = 512) -> Path:
+    """The upload's zips, unpacked into dest, for when Gradescope left them packed.
+    zipfile drops absolute paths and '..'; an oversized or broken zip is skipped."""
+    for archive in sorted(submission.glob("*.zip")):
+        if archive.is_symlink() or not archive.is_file():
+            continue
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                if sum(i.file_size for i in zf.infolist()) > limit_mb << 20:
+                    print(f"{archive.name}: over {limit_mb} MB unpacked, skipped", flush=True)
+                    continue
+                zf.extractall(dest / archive.stem)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            print(f"{archive.name}: not unpacked ({exc})", flush=True)
+    return dest
+
+
+def run(root: Path, python: str = sys.executable) -> int:
+    """Grade root/submission into root/results/results.json (what run_autograder does)."""
+    config = json.loads((root / "source" / CONFIG).read_text(encoding="utf-8"))
+    results_file = root / "results" / "results.json"
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="gradescope-") as tmp:
+        target = (find_target(root / "submission")
+                  or find_target(unpack_zips(root / "submission", Path(tmp) / "unzipped")))
+        if target is None:
+            write_results(results_file, failure(
+                "No notebook (.ipynb) was found in your submission. Upload the lab's "
+                "notebooks (01_baseline.ipynb ... 04_before_after.ipynb), or one of them, as "
+                "files or in a zip.", time.monotonic() - start))
+            return 0
+        print(f"grading {target} with model {config['model']!r}", flush=True)
+        out = Path(tmp) / "out"
+        cmd = [python, "-m", "grading", str(target), "--out", str(out),
+               "--model", config["model"], "--timeout", str(config["timeout"]),
+               "--cell-timeout", str(config["cell_timeout"]),
+               "--memory-gb", str(config["memory_gb"])]
+        try:
+            proc = subprocess.run(cmd, cwd=root / "source", timeout=config["timeout"] + 900)
+            produced = sorted(out.glob("*/results.json"))
+            problem = (f"the grader exited with status {proc.returncode}" if proc.returncode
+                       else None if len(produced) == 1 else "the grader wrote no results")
+        except subprocess.TimeoutExpired:
+            problem = "the grader did not finish in time"
+        if problem:
+            write_results(results_file, failure(
+                f"The autograder could not grade this submission ({problem}). This is a "
+                "problem on the grading side, not necessarily in your notebooks: resubmit, "
+                "or tell your instructor.", time.monotonic() - start))
+            return 1
+        results = to_gradescope(json.loads(produced[0].read_text(encoding="utf-8")))
+    write_results(results_file, results)
+    print(f"score {results['score']:g}/{results['extra_data']['max_score']:g} -> "
+          f"{results_file}", flush=True)
+    return 0
+
+
+def to_gradescope(graded: dict) -> dict:
+    """The grader's results.json, narrowed to Gradescope's documented keys (its total
+    goes to extra_data, which the format keeps for the instructor)."""
+    results = {k: v for k, v in graded.items() if k in TOP_KEYS}
+    results["execution_time"] = int(round(graded.get("execution_time", 0)))
+    results["extra_data"] = {"max_score": graded.get("max_score", MAX_POINTS)}
+    results.setdefault("output_format", "text")
+    results.setdefault("test_output_format", "text")
+    results["tests"] = [{k: v for k, v in t.items() if k in TEST_KEYS}
+                        for t in graded.get("tests", [])]
+    return results
+
+
+def failure(message: str, seconds: float) -> dict:
+    """A results.json that gives 0 and says why, to the student and the instructor."""
+    return {"score": 0, "execution_time": int(round(seconds)), "output": message,
+            "output_format": "text", "visibility": "visible", "stdout_visibility": "hidden",
+            "extra_data": {"max_score": MAX_POINTS},
+            "tests": [{"name": "Submission graded", "score": 0, "max_score": MAX_POINTS,
+                       "status": "failed", "output": message, "visibility": "visible"}]}
+
+
+def write_results(path: Path, results: dict) -> None:
+    problems = validate(results)
+    if problems:  # a bug here, never the student's: fail loudly in the instructor's log
+        raise ValueError("results.json does not match Gradescope's format: "
+                         + "; ".join(problems))
+    path.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def validate(results) -> list[str]:
+    """Problems with `results` as Gradescope's results.json: documented keys only, with
+    their types and allowed values; a score at the top or on every test; and what this
+    autograder always writes (a top-level score; each test's name, score, max_score,
+    output, visibility)."""
+    if not isinstance(results, dict):
+        return ["results.json must be a JSON object"]
+    problems = _check(results, TOP_KEYS, "results")
+    tests = results.get("tests", [])
+    if "score" not in results:
+        problems.append("results: no top-level 'score'")
+    for i, test in enumerate(tests if isinstance(tests, list) else []):
+        where = f"tests[{i}]"
+        if not isinstance(test, dict):
+            problems.append(f"{where}: must be an object")
+            continue
+        problems += _check(test, TEST_KEYS, where)
+        problems += [f"{where}: no '{k}'" for k in REQUIRED_TEST_KEYS if k not in test]
+    for i, tag_list in enumerate(t.get("tags") for t in tests if isinstance(t, dict)):
+        if tag_list is not None and not all(isinstance(x, str) for x in tag_list):
+            problems.append(f"tests[{i}].tags: must be strings")
+    return problems
+
+
+def _check(obj: dict, spec: dict, where: str) -> list[str]:
+    problems = [f"{where}: unknown key '{k}' (not in Gradescope's format)"
+                for k in obj if k not in spec]
+    for key, kind in spec.items():
+        if key not in obj:
+            continue
+        value, ok = obj[key], True
+        if kind == "number":
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value))
+        elif kind in ENUMS:
+            ok = value in ENUMS[kind]
+        else:
+            ok = isinstance(value, {"str": str, "dict": dict, "list": list}[kind])
+        if not ok:
+            allowed = f"one of {sorted(ENUMS[kind])}" if kind in ENUMS else f"a {kind}"
+            problems.append(f"{where}.{key}: {value!r} is not {allowed}")
+    return problems
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:
+        parser = argparse.ArgumentParser(prog="python -m grading.gradescope run")
+        parser.add_argument("--root", type=Path,
+                            default=Path(os.environ.get("AUTOGRADER_ROOT") or "/autograder"))
+        return run(parser.parse_args(argv[1:]).root.resolve())
+    if argv[:1] == ["prepare"]:
+        return prepare(Path.cwd())
+    parser = argparse.ArgumentParser(
+        prog="python -m grading gradescope",
+        description="Write Gradescope's autograder zip (setup.sh, run_autograder, the lab).")
+    parser.add_argument("--out", required=True, type=Path, help="the zip to write")
+    parser.add_argument("--model", default=os.environ.get("LABKIT_MODEL") or "gpt2",
+                        help="the model the class uses (LABKIT_MODEL; default gpt2)")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="seconds for one submission's notebooks, all together (keep it "
+                             "under the assignment's autograder timeout)")
+    parser.add_argument("--cell-timeout", type=float, default=300, help="seconds per cell")
+    parser.add_argument("--memory-gb", type=float, default=16,
+                        help="address-space limit of each kernel")
+    parser.add_argument("--torch-index", default=TORCH_INDEX,
+                        help="pip index for torch in setup.sh ('' for PyPI)")
+    args = parser.parse_args(argv)
+    if args.timeout <= 0 or args.cell_timeout <= 0 or args.memory_gb <= 0:
+        parser.error("--timeout, --cell-timeout and --memory-gb must be positive")
+    config = {"model": args.model, "timeout": args.timeout, "cell_timeout": args.cell_timeout,
+              "memory_gb": args.memory_gb, "torch": TORCH_CPU, "torch_index": args.torch_index}
+    try:
+        members = build_zip(args.out, config)
+    except OSError as exc:
+        print(f"grading gradescope: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {len(members)} files (setup.sh, run_autograder, {CONFIG}, "
+          f"{', '.join(SHIPPED)}); model {args.model!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
