@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from grading import autograde, gradescope
+from grading import gradescope, sandbox
 from tests.conftest import record_figure
 from tests.submissions import craft
 
@@ -196,13 +196,13 @@ def test_a_grader_that_cannot_run_says_so_and_exits_non_zero(tmp_path):
 
 
 def test_forcing_the_path_without_namespaces(monkeypatch, tmp_path):
-    monkeypatch.setenv(autograde.NO_NAMESPACES_ENV, "1")
-    assert not autograde.namespaces_work()
-    box = autograde.Sandbox(tmp_path, "teaching").create()
+    monkeypatch.setenv(sandbox.NO_NAMESPACES_ENV, "1")
+    assert not sandbox.namespaces_work()
+    box = sandbox.Sandbox(tmp_path, "teaching").create()
     argv = box.wrap(["python", "-c", "pass"])
     assert "unshare" not in argv and argv[-3:] == ["python", "-c", "pass"]
     assert "ulimit -v" in " ".join(argv)  # the limits still apply
-    assert f"{autograde.NO_NAMESPACES_ENV}=1" in box.isolation()
+    assert f"{sandbox.NO_NAMESPACES_ENV}=1" in box.isolation()
     assert box.isolation().startswith("environment only")
 
 
@@ -247,7 +247,7 @@ def test_solution_gets_100_without_namespaces(autograder_zip):
     """Gradescope's containers may forbid user namespaces: forced off, the solution still
     gets every point, and the grader says which isolation it used."""
     proc, res = graded(autograder_zip, "solution", _solution,
-                       **{autograde.NO_NAMESPACES_ENV: "1"})
+                       **{sandbox.NO_NAMESPACES_ENV: "1"})
     assert gradescope.validate(res) == []
     failed = [t for t in res["tests"] if t["score"] < t["max_score"]]
     assert res["score"] == 100 and res["extra_data"]["max_score"] == 100 and not failed, failed
@@ -262,7 +262,7 @@ def test_untouched_release_gets_0(autograder_zip):
     assert res["score"] == 0 and res["extra_data"]["max_score"] == 100
     assert sum(t["max_score"] for t in res["tests"]) == 100
     assert "not done yet" in res["output"]
-    if autograde.namespaces_work():
+    if sandbox.namespaces_work():
         assert "isolation: namespaces" in proc.stderr
 
 
@@ -277,4 +277,4 @@ def test_grader_cli_no_namespaces_flag(tmp_path, teaching_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "isolation: environment only" in proc.stderr
     feedback = (tmp_path / "out" / "sub" / "feedback.md").read_text()
-    assert f"{autograde.NO_NAMESPACES_ENV}=1" in feedback
+    assert f"{sandbox.NO_NAMESPACES_ENV}=1" in feedback
