@@ -37,6 +37,23 @@ def sequence_logps(model, tokenizer, prompts, completions, add_eos: bool = True,
     starts both at the shorter of the pair's two prefixes, which differs only when the prompt
     ends mid-token (e.g. in a space) and just one of them merges with it.
     Returns a float32 tensor of shape (n,)."""
+    batch = completion_batch(tokenizer, prompts, completions, add_eos, paired_with=paired_with)
+    out = []
+    for start in range(0, len(batch["input_ids"]), batch_size):
+        part = {k: v[start:start + batch_size] for k, v in batch.items()}
+        width = int(part["attention_mask"].sum(dim=1).max())   # drop all-padding columns
+        part = {k: v[:, :width] if v.dim() == 2 else v for k, v in part.items()}
+        logits = _logits(model, part["input_ids"], part["attention_mask"])
+        out.append(completion_logps(logits, part["input_ids"].to(logits.device),
+                                    part["attention_mask"].to(logits.device),
+                                    part["prompt_lengths"].to(logits.device)).cpu())
+    return torch.cat(out)
+
+
+def completion_batch(tokenizer, prompts, completions, add_eos: bool = True, *,
+                     paired_with=None) -> dict:
+    """The right-padded batch `sequence_logps` feeds the model: `input_ids` and
+    `attention_mask` (n, width) and `prompt_lengths` (n,): where each completion starts."""
     prompts, completions = list(prompts), list(completions)
     others = [None] * len(completions) if paired_with is None else list(paired_with)
     if not len(prompts) == len(completions) == len(others):
@@ -52,37 +69,43 @@ def sequence_logps(model, tokenizer, prompts, completions, add_eos: bool = True,
             other_ids = tokenizer(prompt + _with_eos(other, eos, add_eos))["input_ids"]
             start = min(start, _completion_start(prompt_ids, other_ids))
         rows.append((full_ids, start))
-    out = []
-    for start in range(0, len(rows), batch_size):
-        out.append(_batch_logps(model, rows[start:start + batch_size],
-                                tokenizer.pad_token_id or 0))
-    return torch.cat(out)
+    width = max((len(ids) for ids, _ in rows), default=0)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    for i, (ids, _) in enumerate(rows):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        attention[i, :len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention,
+            "prompt_lengths": torch.tensor([start for _, start in rows], dtype=torch.long)}
+
+
+def completion_logps(logits, input_ids, attention_mask, prompt_lengths) -> torch.Tensor:
+    """The core of `sequence_logps` (exercise 3.1 rebuilds it): token t is predicted by
+    position t−1, so shift, take each real token's log-prob, keep completion tokens only
+    (position ≥ its prompt length, not padding) and sum. Shapes: logits (n, T, V); the
+    others (n, T) and (n,). Returns (n,) float32."""
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_logps = logps.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    positions = torch.arange(1, input_ids.shape[1], device=input_ids.device)
+    mask = (positions[None, :] >= prompt_lengths[:, None]) & attention_mask[:, 1:].bool()
+    return (token_logps * mask).sum(dim=1)
 
 
 def _with_eos(completion: str, eos: str, add_eos: bool) -> str:
     return completion + eos if add_eos and not completion.endswith(eos) else completion
 
 
-def _batch_logps(model, rows, pad_id: int) -> torch.Tensor:
-    """Right-padded batch -> summed completion log-probs, shape (batch,)."""
-    width = max(len(ids) for ids, _ in rows)
+@torch.no_grad()
+def _logits(model, input_ids, attention_mask) -> torch.Tensor:
+    """The model's logits in eval mode (dropout off), left in the mode it was in."""
     device = next(model.parameters()).device
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(input_ids)
-    completion = torch.zeros_like(input_ids)
-    for i, (ids, start) in enumerate(rows):
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        attention[i, :len(ids)] = 1
-        completion[i, start:len(ids)] = 1
-    input_ids, attention, completion = (t.to(device) for t in (input_ids, attention, completion))
     was_training = model.training
     model.eval()
-    logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
-    model.train(was_training)
-    # token t is predicted by position t-1
-    logps = torch.log_softmax(logits[:, :-1], dim=-1)
-    token_logps = logps.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return (token_logps * completion[:, 1:]).sum(dim=1).cpu()
+    try:
+        return model(input_ids=input_ids.to(device),
+                     attention_mask=attention_mask.to(device)).logits.float()
+    finally:
+        model.train(was_training)
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
