@@ -121,31 +121,57 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
 
 
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
-             ref_rejected_logps, beta: float = 0.1):
-    """IPO (Azar et al. 2023): with h = (log π_θ − log π_ref)(y_w) − (log π_θ − log π_ref)(y_l),
-        loss = mean (h − 1/(2β))²
+             ref_rejected_logps, beta: float = 0.1, chosen_lengths=None, rejected_lengths=None):
+    """IPO (Azar et al. 2023): with the log-ratios ρ = log π_θ − log π_ref,
+        h = ρ(y_w) / |y_w| − ρ(y_l) / |y_l|,   loss = mean (h − 1/(2β))²
     A squared loss: it stops pushing once the margin reaches 1/(2β) instead of driving it to
-    infinity, which is why it behaves on small or noisy data. (TRL's `ipo` additionally
-    divides the log-probs by the completion length.) Returns (loss, chosen, rejected) rewards."""
+    infinity, which is why it behaves on small or noisy data. Its scale: at the start h = 0,
+    so the loss is (1/(2β))² = 25 at β = 0.1, not ln 2 — a distance to a target, not a
+    probability. With the completion lengths (tokens, EOS included) this is TRL's `ipo`
+    exactly (TRL divides by the length, as the IPO authors did); without them it is the
+    paper's summed form (h in whole-answer nats, so the loss grows with answer length).
+    Returns (loss, chosen, rejected) rewards β·ρ (TRL's, never length-divided)."""
     chosen_ratio = policy_chosen_logps - ref_chosen_logps
     rejected_ratio = policy_rejected_logps - ref_rejected_logps
-    loss = ((chosen_ratio - rejected_ratio - 1.0 / (2.0 * beta)) ** 2).mean()
+    if (chosen_lengths is None) != (rejected_lengths is None):
+        raise ValueError("ipo_loss: give both chosen_lengths and rejected_lengths, or neither")
+    h_chosen, h_rejected = chosen_ratio, rejected_ratio
+    if chosen_lengths is not None:
+        h_chosen = chosen_ratio / torch.as_tensor(chosen_lengths).clamp(min=1)
+        h_rejected = rejected_ratio / torch.as_tensor(rejected_lengths).clamp(min=1)
+    loss = ((h_chosen - h_rejected - 1.0 / (2.0 * beta)) ** 2).mean()
     return loss, (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach()
 
 
 def kto_loss(policy_logps, ref_logps, labels, beta: float = 0.1,
-             desirable_weight: float = 1.0, undesirable_weight: float = 1.0):
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+             kl_policy_logps=None, kl_ref_logps=None):
     """KTO (Ethayarajh et al. 2024) for unpaired thumbs-up/down data. With r = log π_θ − log π_ref
-    and the reference point z = max(0, mean r) over the batch (detached: a baseline, not a
-    target),  desirable: λ_D·(1 − σ(β(r − z))),  undesirable: λ_U·(1 − σ(β(z − r))).
-    `labels` is a bool tensor (True = desirable). Returns (loss, rewards)."""
+    and a reference point z (detached: a baseline, not a target),
+        desirable: λ_D·(1 − σ(β(r − z))),  undesirable: λ_U·(1 − σ(β(z − r))),  loss = mean.
+    z = max(0, mean(log π_θ − log π_ref)) estimates KL(π_θ ‖ π_ref). TRL (`kto_kl`-style)
+    takes it on MISMATCHED pairs (prompt i with the completion of row i−1 in the batch):
+    pass their log-probs as `kl_policy_logps`/`kl_ref_logps` and this equals TRL's `kto`.
+    Without them z uses the matched pairs themselves (simpler, not TRL's: it includes the
+    very rewards being trained, so it moves with them). Its scale: each term is in (0, 1),
+    0.5 at the start — a different unit from DPO's ln 2 ≈ 0.693.
+    `labels` is a bool tensor (True = desirable). Returns (loss, rewards β·r)."""
     labels = torch.as_tensor(labels, dtype=torch.bool)
     ratio = policy_logps - ref_logps
-    z = ratio.mean().detach().clamp(min=0)
+    if (kl_policy_logps is None) != (kl_ref_logps is None):
+        raise ValueError("kto_loss: give both kl_policy_logps and kl_ref_logps, or neither")
+    kl_ratio = ratio if kl_policy_logps is None else kl_policy_logps - kl_ref_logps
+    z = kl_ratio.mean().detach().clamp(min=0)
     desirable = desirable_weight * (1 - torch.sigmoid(beta * (ratio - z)))
     undesirable = undesirable_weight * (1 - torch.sigmoid(beta * (z - ratio)))
     loss = torch.where(labels, desirable, undesirable).mean()
     return loss, (beta * ratio).detach()
+
+
+def mismatched(completions):
+    """TRL's KTO pairing for its KL estimate: row i gets the completion of row i−1."""
+    completions = list(completions)
+    return completions[-1:] + completions[:-1]
 
 
 def orpo_odds_ratio_loss(policy_chosen_logps, policy_rejected_logps, beta: float = 0.1):
