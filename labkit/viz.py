@@ -259,3 +259,17 @@ def plot_logps_dynamics(log_history) -> Figure:
 
 def finite_number(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def plot_beta_sweep(rows) -> Figure:
+    """Per β (from `experiments.beta_sweep`): the log-ratio margin Δ = margin/β per step,
+    and the KL from the reference the run ended with."""
+    fig, (left, right) = _figure(2, width=4.6)
+    for row in rows:
+        points = [(e["step"], e["rewards/margins"] / row["beta"]) for e in row["log_history"]]
+        left.plot(*zip(*points), marker=".", label=f"β={row['beta']:g}")
+    left.set(title="log-ratio margin (nats)", xlabel="step")
+    left.legend(fontsize="small")
+    right.bar([f"β={r['beta']:g}" for r in rows], [r["kl"] for r in rows], color="tab:purple")
+    right.set(title="KL(policy ‖ reference), nats/token")
+    return fig
