@@ -87,3 +87,44 @@ def test_an_unreadable_notebook_is_named(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="03_train_dpo.ipynb cannot be read"):
         reflections.collect_answers(bad)
+
+
+FREEFORM = ROOT / "tests" / "data" / "freeform"
+
+
+def load_set(name):
+    import json
+
+    return [json.loads(line) for line in (FREEFORM / f"{name}.jsonl").read_text().splitlines()]
+
+
+def test_review_flags_free_form_pairs_and_passes_the_models_own_kind(teaching):
+    from labkit import teaching as T
+    from labkit.own_words import FAMILIAR, review_pairs
+
+    model, tokenizer, _ = teaching
+    template = review_pairs(model, tokenizer, T.make_preference_pairs(8))
+    assert template.ok, str(template)
+    assert max(r["chosen_nats_per_token"] for r in template.rows) < 1.0
+    for name in ("casual", "terse", "wordy"):
+        review = review_pairs(model, tokenizer, load_set(name))
+        assert not review.ok
+        assert any("never seen" in p for p in review.problems), (name, review.problems)
+        costs = [r["chosen_nats_per_token"] for r in review.rows
+                 if r["tokens"] < model.config.n_positions]
+        assert costs and min(costs) > FAMILIAR
+    wordy = review_pairs(model, tokenizer, load_set("wordy"))
+    assert any("longer than the model's context" in p for p in wordy.problems)
+    assert "To fix before training" in str(wordy)
+
+
+def test_show_text_and_candidates(teaching):
+    from labkit import teaching as T
+    from labkit.own_words import candidates, show_text
+
+    model, tokenizer, _ = teaching
+    seen = show_text(model, tokenizer, "Explain a queue.\n", "A queue is just a line at the shop.")
+    assert seen.startswith("tokens: |") and "shop?" in seen and "queue?" not in seen
+    first = candidates(model, tokenizer, T.PAIR_PROMPTS[0], n=4, seed=1)
+    assert len(first) == 4 and first == candidates(model, tokenizer, T.PAIR_PROMPTS[0], n=4, seed=1)
+    assert {T.judge_style(t) for t in first} <= {"plain", "jargon", "unclear"}
