@@ -56,3 +56,20 @@ def answers_markdown(rows) -> str:
         text = row["answer"] if row["answered"] else "_(not answered)_"
         parts.append(f"**{row['id']}** {row['question']}\n\n> " + text.replace("\n", "\n> "))
     return "\n\n".join(parts) + "\n"
+
+
+def gradescope_tests(rows, visibility: str = "hidden") -> list[dict]:
+    """One Gradescope test per answer: 0 automatic points, the answer as output, for a
+    person to grade (as otter does for written questions). `visibility` "hidden" keeps it
+    for the instructor until published."""
+    return [{"name": f"Written answer {row['id']} ({row.get('notebook', '')})".replace(" ()", ""),
+             "score": 0, "max_score": 0, "visibility": visibility,
+             "output": (row["question"] + "\n\n" +
+                        (row["answer"] if row["answered"] else "(not answered)"))}
+            for row in rows]
+
+
+def blank_answer(source: str) -> str:
+    """An answer cell with its answer replaced by the placeholder (the student release)."""
+    question, found, _ = source.partition(MARKER)
+    return f"{question}{MARKER} {PLACEHOLDER}" if found else source

@@ -59,13 +59,21 @@ def test_beta_sweep_small_beta_moves_further_and_leaves_the_run_dir_alone(teachi
     rendered(viz.plot_beta_sweep(rows))
 
 
-def test_reflection_answers_are_collected_and_placeholders_count_as_unanswered(tmp_path):
+def test_reflection_answers_are_collected_and_the_release_blanks_them(tmp_path):
+    from labkit.release import release
+
     nb4 = ROOT / "notebooks" / "04_before_after.ipynb"
-    rows = reflections.collect_answers(nb4)
-    assert [r["id"] for r in rows] == ["R4.1", "R4.2", "R4.3"]
-    assert not any(r["answered"] for r in rows) and "ship" in rows[0]["question"]
-    nb = nbformat.read(nb4, as_version=4)
+    solution = reflections.collect_answers(nb4)
+    assert [r["id"] for r in solution] == ["R4.1", "R4.2", "R4.3"]
+    assert all(r["answered"] for r in solution) and "ship" in solution[0]["question"]
+    release(ROOT / "notebooks", tmp_path / "student")
+    student = tmp_path / "student" / nb4.name
+    rows = reflections.collect_answers(student)
+    assert [r["question"] for r in rows] == [r["question"] for r in solution]
+    assert not any(r["answered"] for r in rows)
+    nb = nbformat.read(student, as_version=4)
     cell = next(c for c in nb.cells if "**R4.2**" in c.source)
+    assert reflections.PLACEHOLDER in cell.source
     cell.source = cell.source.replace(reflections.PLACEHOLDER, "The KL would jump first.")
     nbformat.write(nb, tmp_path / "answered.ipynb")
     rows = reflections.collect_all([tmp_path / "answered.ipynb"])
@@ -128,3 +136,15 @@ def test_show_text_and_candidates(teaching):
     first = candidates(model, tokenizer, T.PAIR_PROMPTS[0], n=4, seed=1)
     assert len(first) == 4 and first == candidates(model, tokenizer, T.PAIR_PROMPTS[0], n=4, seed=1)
     assert {T.judge_style(t) for t in first} <= {"plain", "jargon", "unclear"}
+
+
+def test_gradescope_items_carry_the_answers_at_zero_points():
+    rows = [{"notebook": "04_before_after.ipynb", "id": "R4.1", "question": "Ship?",
+             "answer": "Accuracy.", "answered": True},
+            {"notebook": "04_before_after.ipynb", "id": "R4.2", "question": "10x lr?",
+             "answer": "", "answered": False}]
+    items = reflections.gradescope_tests(rows)
+    assert [i["name"] for i in items] == ["Written answer R4.1 (04_before_after.ipynb)",
+                                          "Written answer R4.2 (04_before_after.ipynb)"]
+    assert all(i["score"] == i["max_score"] == 0 and i["visibility"] == "hidden" for i in items)
+    assert items[0]["output"].endswith("Accuracy.") and "(not answered)" in items[1]["output"]
