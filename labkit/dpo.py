@@ -39,6 +39,23 @@ def sequence_logps(model, tokenizer, prompts, completions, add_eos: bool = True,
     starts both at the shorter of the pair's two prefixes, which differs only when the prompt
     ends mid-token (e.g. in a space) and just one of them merges with it.
     Returns a float32 tensor of shape (n,)."""
+    batch = completion_batch(tokenizer, prompts, completions, add_eos, paired_with=paired_with)
+    out = []
+    for start in range(0, len(batch["input_ids"]), batch_size):
+        part = {k: v[start:start + batch_size] for k, v in batch.items()}
+        width = int(part["attention_mask"].sum(dim=1).max())   # drop all-padding columns
+        part = {k: v[:, :width] if v.dim() == 2 else v for k, v in part.items()}
+        logits = _logits(model, part["input_ids"], part["attention_mask"])
+        out.append(completion_logps(logits, part["input_ids"].to(logits.device),
+                                    part["attention_mask"].to(logits.device),
+                                    part["prompt_lengths"].to(logits.device)).cpu())
+    return torch.cat(out)
+
+
+def completion_batch(tokenizer, prompts, completions, add_eos: bool = True, *,
+                     paired_with=None) -> dict:
+    """The right-padded batch `sequence_logps` feeds the model: `input_ids` and
+    `attention_mask` (n, width) and `prompt_lengths` (n,): where each completion starts."""
     prompts, completions = list(prompts), list(completions)
     others = [None] * len(completions) if paired_with is None else list(paired_with)
     if not len(prompts) == len(completions) == len(others):
@@ -54,35 +71,39 @@ def sequence_logps(model, tokenizer, prompts, completions, add_eos: bool = True,
             other_ids = tokenizer(prompt + _with_eos(other, eos, add_eos))["input_ids"]
             start = min(start, _completion_start(prompt_ids, other_ids))
         rows.append((full_ids, start))
-    out = []
-    for start in range(0, len(rows), batch_size):
-        out.append(_batch_logps(model, rows[start:start + batch_size],
-                                tokenizer.pad_token_id or 0))
-    return torch.cat(out)
+    width = max((len(ids) for ids, _ in rows), default=0)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    for i, (ids, _) in enumerate(rows):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        attention[i, :len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention,
+            "prompt_lengths": torch.tensor([start for _, start in rows], dtype=torch.long)}
+
+
+def completion_logps(logits, input_ids, attention_mask, prompt_lengths) -> torch.Tensor:
+    """The core of `sequence_logps` (exercise 3.1 rebuilds it): token t is predicted by
+    position t−1, so shift, take each real token's log-prob, keep completion tokens only
+    (position ≥ its prompt length, not padding) and sum. Shapes: logits (n, T, V); the
+    others (n, T) and (n,). Returns (n,) float32."""
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_logps = logps.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    positions = torch.arange(1, input_ids.shape[1], device=input_ids.device)
+    mask = (positions[None, :] >= prompt_lengths[:, None]) & attention_mask[:, 1:].bool()
+    return (token_logps * mask).sum(dim=1)
 
 
 def _with_eos(completion: str, eos: str, add_eos: bool) -> str:
     return completion + eos if add_eos and not completion.endswith(eos) else completion
 
 
-def _batch_logps(model, rows, pad_id: int) -> torch.Tensor:
-    """Right-padded batch -> summed completion log-probs, shape (batch,)."""
-    width = max(len(ids) for ids, _ in rows)
+@torch.no_grad()
+def _logits(model, input_ids, attention_mask) -> torch.Tensor:
+    """The model's logits in eval mode (dropout off), left in the mode it was in."""
     device = next(model.parameters()).device
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(input_ids)
-    completion = torch.zeros_like(input_ids)
-    for i, (ids, start) in enumerate(rows):
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        attention[i, :len(ids)] = 1
-        completion[i, start:len(ids)] = 1
-    input_ids, attention, completion = (t.to(device) for t in (input_ids, attention, completion))
     with runtime.eval_mode(model):
-        logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
-    # token t is predicted by position t-1
-    logps = torch.log_softmax(logits[:, :-1], dim=-1)
-    token_logps = logps.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return (token_logps * completion[:, 1:]).sum(dim=1).cpu()
+        return model(input_ids=input_ids.to(device),
+                     attention_mask=attention_mask.to(device)).logits.float()
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
@@ -98,31 +119,57 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
 
 
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
-             ref_rejected_logps, beta: float = 0.1):
-    """IPO (Azar et al. 2023): with h = (log π_θ − log π_ref)(y_w) − (log π_θ − log π_ref)(y_l),
-        loss = mean (h − 1/(2β))²
+             ref_rejected_logps, beta: float = 0.1, chosen_lengths=None, rejected_lengths=None):
+    """IPO (Azar et al. 2023): with the log-ratios ρ = log π_θ − log π_ref,
+        h = ρ(y_w) / |y_w| − ρ(y_l) / |y_l|,   loss = mean (h − 1/(2β))²
     A squared loss: it stops pushing once the margin reaches 1/(2β) instead of driving it to
-    infinity, which is why it behaves on small or noisy data. (TRL's `ipo` additionally
-    divides the log-probs by the completion length.) Returns (loss, chosen, rejected) rewards."""
+    infinity, which is why it behaves on small or noisy data. Its scale: at the start h = 0,
+    so the loss is (1/(2β))² = 25 at β = 0.1, not ln 2 — a distance to a target, not a
+    probability. With the completion lengths (tokens, EOS included) this is TRL's `ipo`
+    exactly (TRL divides by the length, as the IPO authors did); without them it is the
+    paper's summed form (h in whole-answer nats, so the loss grows with answer length).
+    Returns (loss, chosen, rejected) rewards β·ρ (TRL's, never length-divided)."""
     chosen_ratio = policy_chosen_logps - ref_chosen_logps
     rejected_ratio = policy_rejected_logps - ref_rejected_logps
-    loss = ((chosen_ratio - rejected_ratio - 1.0 / (2.0 * beta)) ** 2).mean()
+    if (chosen_lengths is None) != (rejected_lengths is None):
+        raise ValueError("ipo_loss: give both chosen_lengths and rejected_lengths, or neither")
+    h_chosen, h_rejected = chosen_ratio, rejected_ratio
+    if chosen_lengths is not None:
+        h_chosen = chosen_ratio / torch.as_tensor(chosen_lengths).clamp(min=1)
+        h_rejected = rejected_ratio / torch.as_tensor(rejected_lengths).clamp(min=1)
+    loss = ((h_chosen - h_rejected - 1.0 / (2.0 * beta)) ** 2).mean()
     return loss, (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach()
 
 
 def kto_loss(policy_logps, ref_logps, labels, beta: float = 0.1,
-             desirable_weight: float = 1.0, undesirable_weight: float = 1.0):
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+             kl_policy_logps=None, kl_ref_logps=None):
     """KTO (Ethayarajh et al. 2024) for unpaired thumbs-up/down data. With r = log π_θ − log π_ref
-    and the reference point z = max(0, mean r) over the batch (detached: a baseline, not a
-    target),  desirable: λ_D·(1 − σ(β(r − z))),  undesirable: λ_U·(1 − σ(β(z − r))).
-    `labels` is a bool tensor (True = desirable). Returns (loss, rewards)."""
+    and a reference point z (detached: a baseline, not a target),
+        desirable: λ_D·(1 − σ(β(r − z))),  undesirable: λ_U·(1 − σ(β(z − r))),  loss = mean.
+    z = max(0, mean(log π_θ − log π_ref)) estimates KL(π_θ ‖ π_ref). TRL (`kto_kl`-style)
+    takes it on MISMATCHED pairs (prompt i with the completion of row i−1 in the batch):
+    pass their log-probs as `kl_policy_logps`/`kl_ref_logps` and this equals TRL's `kto`.
+    Without them z uses the matched pairs themselves (simpler, not TRL's: it includes the
+    very rewards being trained, so it moves with them). Its scale: each term is in (0, 1),
+    0.5 at the start — a different unit from DPO's ln 2 ≈ 0.693.
+    `labels` is a bool tensor (True = desirable). Returns (loss, rewards β·r)."""
     labels = torch.as_tensor(labels, dtype=torch.bool)
     ratio = policy_logps - ref_logps
-    z = ratio.mean().detach().clamp(min=0)
+    if (kl_policy_logps is None) != (kl_ref_logps is None):
+        raise ValueError("kto_loss: give both kl_policy_logps and kl_ref_logps, or neither")
+    kl_ratio = ratio if kl_policy_logps is None else kl_policy_logps - kl_ref_logps
+    z = kl_ratio.mean().detach().clamp(min=0)
     desirable = desirable_weight * (1 - torch.sigmoid(beta * (ratio - z)))
     undesirable = undesirable_weight * (1 - torch.sigmoid(beta * (z - ratio)))
     loss = torch.where(labels, desirable, undesirable).mean()
     return loss, (beta * ratio).detach()
+
+
+def mismatched(completions):
+    """TRL's KTO pairing for its KL estimate: row i gets the completion of row i−1."""
+    completions = list(completions)
+    return completions[-1:] + completions[:-1]
 
 
 def orpo_odds_ratio_loss(policy_chosen_logps, policy_rejected_logps, beta: float = 0.1):

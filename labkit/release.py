@@ -3,7 +3,9 @@
 One source, two versions: code between `### BEGIN SOLUTION` and `### END SOLUTION` is
 replaced by `# YOUR CODE HERE` and a `NotImplementedError` naming the exercise (taken from
 the `# Exercise N.M: ...` comment above the block), so a student running top to bottom stops
-at the first unfinished exercise with a message that says which one.
+at the first unfinished exercise with a message that says which one. Written-answer cells
+(`**Your answer:**`, see labkit.reflections) keep their question; the sample answer becomes
+the placeholder.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import re
 from pathlib import Path
 
 import nbformat
+
+from .reflections import MARKER, blank_answer
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -55,6 +59,8 @@ def release_notebook(source: Path, target: Path) -> int:
         if cell.cell_type == "code" and BEGIN in cell.source:
             count += cell.source.count(BEGIN)
             cell.source = strip_solutions(cell.source, f"{source.name} cell {index}")
+        if cell.cell_type == "markdown" and MARKER in cell.source:   # sample answers out
+            cell.source = blank_answer(cell.source)
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     nb.metadata.pop("widgets", None)

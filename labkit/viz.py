@@ -231,3 +231,45 @@ def _widget_explorer(prompts, before, after):
     picker.observe(lambda change: show(change["new"]), names="value")
     show(0)
     return widgets.VBox([picker, prompt, widgets.HBox([left, right])])
+
+
+def plot_logps_dynamics(log_history) -> Figure:
+    """Chosen and rejected summed log-probs under the policy, and the reward margin, per
+    step (TRL's `logps/chosen`, `logps/rejected`, `rewards/margins`): DPO widens the gap, but
+    both sides can fall — the chosen answer too (likelihood displacement)."""
+    entries = training_entries(getattr(log_history, "log_history", log_history))
+    points = {k: [(e["step"], e[k]) for e in entries if finite_number(e.get(k))]
+              for k in ("logps/chosen", "logps/rejected", "rewards/margins")}
+    if not points["logps/chosen"]:
+        raise ValueError("log_history has no 'logps/chosen': log every step (logging_steps=1) "
+                         "with TRL's DPOTrainer to see the log-probs move")
+    fig, (left, right) = _figure(2, width=4.6)
+    for key, color in (("logps/chosen", "tab:green"), ("logps/rejected", "tab:red")):
+        left.plot(*zip(*points[key]), marker=".", color=color, label=key.split("/")[1])
+    start = points["logps/chosen"][0][1]
+    left.axhline(start, color="tab:green", ls=":", lw=1)
+    left.set(title="log π(answer | prompt), summed", xlabel="step", ylabel="nats")
+    left.legend(fontsize="small")
+    if points["rewards/margins"]:
+        right.plot(*zip(*points["rewards/margins"]), marker=".", color="tab:blue")
+    right.axhline(0, color="grey", ls=":", lw=1)
+    right.set(title="reward margin β·Δlog-ratio", xlabel="step")
+    return fig
+
+
+def finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def plot_beta_sweep(rows) -> Figure:
+    """Per β (from `experiments.beta_sweep`): the log-ratio margin Δ = margin/β per step,
+    and the KL from the reference the run ended with."""
+    fig, (left, right) = _figure(2, width=4.6)
+    for row in rows:
+        points = [(e["step"], e["rewards/margins"] / row["beta"]) for e in row["log_history"]]
+        left.plot(*zip(*points), marker=".", label=f"β={row['beta']:g}")
+    left.set(title="log-ratio margin (nats)", xlabel="step")
+    left.legend(fontsize="small")
+    right.bar([f"β={r['beta']:g}" for r in rows], [r["kl"] for r in rows], color="tab:purple")
+    right.set(title="KL(policy ‖ reference), nats/token")
+    return fig

@@ -61,7 +61,7 @@ def test_missing_notebooks_are_reported_clearly(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,plots", [("03_train_dpo", 3), ("04_before_after", 2)])
+@pytest.mark.parametrize("name,plots", [("03_train_dpo", 4), ("04_before_after", 3)])
 def test_executed_notebooks_show_their_plots_and_no_library_noise(lab_run, name, plots):
     import nbformat
 
