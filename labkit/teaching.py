@@ -17,7 +17,6 @@ import random
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 RECIPE_VERSION = 1  # bump when the corpus, tokenizer or training recipe changes
@@ -223,6 +222,7 @@ def train_tokenizer(docs: list[dict]):
 
 def _pretrain(model, tokenizer, docs, progress: bool):
     import torch
+    from tqdm.auto import tqdm
 
     cfg = PRETRAIN
     texts = [d["prompt"] + d["response"] + EOS for d in docs]
@@ -234,7 +234,9 @@ def _pretrain(model, tokenizer, docs, progress: bool):
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg["warmup"]) * max(0.05, 1 - s / cfg["steps"]))
     model.train()
-    start = time.perf_counter()
+    # tqdm.auto: a widget bar in a notebook, a text bar in a terminal
+    bar = tqdm(total=cfg["steps"], desc="Building the teaching model", unit="step",
+               disable=not progress, mininterval=0.5)
     for step in range(cfg["steps"]):
         batch = torch.randint(0, len(texts), (cfg["batch_size"],), generator=gen)
         out = model(input_ids=ids[batch], attention_mask=mask[batch], labels=labels[batch])
@@ -243,9 +245,10 @@ def _pretrain(model, tokenizer, docs, progress: bool):
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if progress and (step % 60 == 0 or step == cfg["steps"] - 1):
-            print(f"  pretraining step {step + 1:>4}/{cfg['steps']}  loss {out.loss.item():.3f}"
-                  f"  ({time.perf_counter() - start:.0f}s)", flush=True)
+        bar.update(1)
+        if progress and (step % 20 == 0 or step == cfg["steps"] - 1):
+            bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
+    bar.close()
     model.eval()
     return out.loss.item()
 
