@@ -104,8 +104,9 @@ class Lab:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
-             f"--port={self.port}", "--port-retries=0", f"--ServerApp.token={self.token}",
-             f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False"],
+             f"--port={self.port}", "--port-retries=0", f"--IdentityProvider.token={self.token}",
+             f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False"]
+            + (["--allow-root"] if os.geteuid() == 0 else []),  # CI containers run as root
             cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def api(self, path: str, method: str = "GET"):
@@ -172,8 +173,20 @@ ALL_CELLS_DONE = """() => {
   if (!panel) return false;
   const status = panel.querySelector('.jp-Notebook-ExecutionIndicator');
   const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+  // Run All marks every cell [*] at once; an error stops it, leaving later cells [ ]
   return status && status.dataset.status === 'idle' && prompts.length > 0
-    && !prompts.some(p => p.textContent.includes('*'));
+    && !prompts.some(p => p.textContent.includes('*'))
+    && prompts.some(p => /\[\d+\]/.test(p.textContent));
+}""" % ACTIVE
+
+
+# the status bar reads "No Kernel | Initializing" until a kernel is attached, then
+# "Python 3 (ipykernel) | Idle"; the toolbar's indicator alone says idle even without one
+KERNEL_READY = """() => {
+  const bar = document.querySelector('#jp-main-statusbar');
+  const status = document.querySelector('%s .jp-Notebook-ExecutionIndicator');
+  return !!bar && !!status && status.dataset.status === 'idle'
+    && /\\| Idle/.test(bar.innerText) && !bar.innerText.includes('No Kernel');
 }""" % ACTIVE
 
 
@@ -187,8 +200,7 @@ def open_notebook(page, lab: Lab, name: str) -> None:
         dialog = page.locator(".jp-Dialog")
         if dialog.count() and "kernel" in dialog.first.inner_text().lower():
             dialog.first.locator(".jp-mod-accept").click()  # "Select": the notebook's kernel
-        status = page.locator(f"{ACTIVE} .jp-Notebook-ExecutionIndicator")
-        if status.count() and status.first.get_attribute("data-status") == "idle":
+        if page.evaluate(KERNEL_READY):
             return
         page.wait_for_timeout(500)
     pytest.fail(f"{name}: the kernel did not start (JupyterLab log:\n{lab.tail()})")
@@ -208,10 +220,15 @@ def save_and_read(page, lab: Lab, name: str) -> nbformat.NotebookNode:
     before = path.stat().st_mtime_ns
     page.keyboard.press("Control+s")  # JupyterLab's save shortcut, bound on the whole page
     deadline = time.monotonic() + 60
-    while path.stat().st_mtime_ns == before and time.monotonic() < deadline:
-        page.wait_for_timeout(250)
-    assert path.stat().st_mtime_ns != before, f"{name}: JupyterLab did not save the notebook"
-    return nbformat.read(path, as_version=4)
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        if path.stat().st_mtime_ns == before or page.locator(".jp-mod-dirty").count():
+            continue
+        try:
+            return nbformat.read(path, as_version=4)
+        except (ValueError, nbformat.reader.NotJSONError):
+            continue  # caught mid-write
+    pytest.fail(f"{name}: JupyterLab did not save the notebook within 60 s")
 
 
 def error_outputs(nb) -> list[str]:
@@ -248,9 +265,11 @@ def check_explorer(page) -> str:
     assert before.strip().startswith("before") and len(before.strip()) > len("before"), before
     assert after.strip().startswith("after") and len(after.strip()) > len("after"), after
     select = output.locator(".widget-dropdown select")
-    label = select.locator("option").nth(1).inner_text()
+    label = select.locator("option").nth(1).text_content() or ""
+    prompt_text = label.replace("\xa0", " ").split(". ", 1)[-1].strip()  # ipywidgets: nbsp
+    assert prompt_text, f"the dropdown's second option has no label: {label!r}"
+    assert prompt_text not in output.locator(".widget-html").first.inner_text()
     select.select_option(index=1)
-    prompt_text = label.split(". ", 1)[1].strip()
     page.wait_for_function(
         """([sel, want]) => [...document.querySelectorAll(sel)].some(
              e => e.textContent.includes(want))""",
