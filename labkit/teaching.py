@@ -269,6 +269,20 @@ def build_teaching_model(out_dir: Path | None = None, progress: bool = True) -> 
         torch.set_num_threads(threads)
 
 
+def _save_quietly(model, tokenizer, path: Path) -> None:
+    """Without transformers' "Writing model shards" bar: the build shows its own."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _build(out_dir: Path, progress: bool) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -284,8 +298,7 @@ def _build(out_dir: Path, progress: bool) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-teaching-", dir=out_dir.parent))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        _save_quietly(model, tokenizer, tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -78,3 +78,23 @@ def test_labkit_run_output_is_one_line_per_step_and_a_summary(lab_run):
         ("01_baseline", "02_preferences", "03_train_dpo", "04_before_after"), start=1)]
     assert stdout.count("PASS") + stdout.count("FAIL") == 8  # per step, and in the table
     assert "total:" in stdout
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_teaching_model_build_shows_a_progress_bar_only_when_asked(tmp_path, monkeypatch, capfd,
+                                                                   progress):
+    """The first-use build is the lab's longest wait: a bar (tqdm.auto: a widget in a
+    notebook, text in a terminal) with the loss. A real build, cut to 3 pretraining steps."""
+    from labkit import teaching
+
+    monkeypatch.setitem(teaching.PRETRAIN, "steps", 3)
+    teaching.build_teaching_model(tmp_path / "model", progress=progress)
+    out, err = capfd.readouterr()
+    assert teaching.is_built(tmp_path / "model")
+    if progress:
+        bars = [line for line in progress_lines(err) if "Building the teaching model" in line]
+        assert bars and "Building the teaching model" in bars[-1] and "3/3" in bars[-1], err
+        assert "loss=" in bars[-1], bars[-1]
+        assert len(bars) == len(progress_lines(err)), f"another library's bar: {err}"
+    else:
+        assert not progress_lines(out + err) and not out.strip(), (out, err)
