@@ -43,6 +43,9 @@ def quiet_libraries() -> None:
     datasets.utils.logging.set_verbosity_error()
     for name in ("trl", "transformers", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # TrainingArguments' disable_tqdm=None means "off when transformers logs above WARNING":
+    # keep training's progress bar in the notebooks
+    logging.getLogger("transformers.training_args").setLevel(logging.WARNING)
 
 
 def environment_report(cfg: LabConfig) -> dict:

@@ -304,6 +304,10 @@ def test_the_four_solution_notebooks_run_in_a_real_browser(lab, chromium, sync_p
                 last = page.locator(f"{ACTIVE} .jp-CodeCell").last.locator(".jp-OutputArea")
                 assert "passed" in last.inner_text().lower(), (
                     f"{name}: the step check did not pass: {last.inner_text()[:400]}")
+                if name.startswith("03"):  # TRL's bar (transformers' notebook callback)
+                    train = page.locator(f"{ACTIVE} .jp-CodeCell", has_text="trainer.train()")
+                    assert train.locator(".jp-OutputArea progress").count() >= 1, (
+                        f"no training progress bar: {train.last.inner_text()[:400]}")
                 if name.startswith("04"):
                     check_explorer(page)
                     _focus(page, name)

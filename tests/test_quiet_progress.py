@@ -98,3 +98,22 @@ def test_teaching_model_build_shows_a_progress_bar_only_when_asked(tmp_path, mon
         assert len(bars) == len(progress_lines(err)), f"another library's bar: {err}"
     else:
         assert not progress_lines(out + err) and not out.strip(), (out, err)
+
+
+TRAINING_BAR = textwrap.dedent("""
+    import tempfile
+    from labkit.session import quiet_libraries
+    quiet_libraries()
+    from trl import DPOConfig
+    print("disable_tqdm", DPOConfig(output_dir=tempfile.mkdtemp()).disable_tqdm)
+""")
+
+
+@pytest.mark.slow  # a fresh interpreter importing TRL
+def test_notebooks_quiet_libraries_but_keep_the_training_progress_bar():
+    """`session.start` silences library logs; TRL must still draw its training bar, as
+    notebook 3 builds DPOConfig without disable_tqdm (the browser test sees the bar)."""
+    proc = subprocess.run([sys.executable, "-c", TRAINING_BAR], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**_env(), "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "disable_tqdm False" in proc.stdout, proc.stdout
