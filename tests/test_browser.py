@@ -176,7 +176,7 @@ ALL_CELLS_DONE = """() => {
   // Run All marks every cell [*] at once; an error stops it, leaving later cells [ ]
   return status && status.dataset.status === 'idle' && prompts.length > 0
     && !prompts.some(p => p.textContent.includes('*'))
-    && prompts.some(p => /\[\d+\]/.test(p.textContent));
+    && prompts.some(p => /\\[\\d+\\]/.test(p.textContent));
 }""" % ACTIVE
 
 

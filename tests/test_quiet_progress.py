@@ -105,7 +105,7 @@ TRAINING_BAR = textwrap.dedent("""
     from labkit.session import quiet_libraries
     quiet_libraries()
     from trl import DPOConfig
-    print("disable_tqdm", DPOConfig(output_dir=tempfile.mkdtemp()).disable_tqdm)
+    print("disable_tqdm", DPOConfig(output_dir=tempfile.mkdtemp(), bf16=False).disable_tqdm)
 """)
 
 
