@@ -151,9 +151,11 @@ class Lab:
 
 
 @pytest.fixture
-def lab(tmp_path, teaching_dir):
+def lab(tmp_path, request, chromium, sync_playwright):
     """JupyterLab on a fresh run directory; the teaching model is built first (by the
-    session fixture), so notebook 1 loads it instead of building it."""
+    session fixture), so notebook 1 loads it instead of building it. Requested only once
+    Chromium and Playwright are found, so a skip costs no model build."""
+    request.getfixturevalue("teaching_dir")
     root, run_dir = tmp_path / "lab", tmp_path / "run"
     (root / "notebooks").mkdir(parents=True)
     for name in NOTEBOOKS:
@@ -277,14 +279,14 @@ def check_explorer(page) -> str:
     return prompt_text
 
 
-def test_the_four_solution_notebooks_run_in_a_real_browser(lab, chromium, sync_playwright,
+def test_the_four_solution_notebooks_run_in_a_real_browser(chromium, sync_playwright, lab,
                                                             figure):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS,
                                      headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
             for name in NOTEBOOKS:
                 start = time.monotonic()
                 open_notebook(page, lab, name)
@@ -321,10 +323,18 @@ def test_the_four_solution_notebooks_run_in_a_real_browser(lab, chromium, sync_p
 
 def _focus(page, name: str) -> None:
     """Scroll what the screenshot should show into view: the explorer (4), the training
-    plot (3), the step check (1, 2)."""
+    progress bar and what follows (3), the step check (1, 2)."""
     if name.startswith("04"):
         target = page.locator(f"{ACTIVE} .jp-CodeCell", has_text="explorer(prompts")
     elif name.startswith("03"):
+        target = page.locator(f"{ACTIVE} .jp-CodeCell", has_text="trainer.train()").locator(
+            ".jp-OutputArea progress")
+        if target.count():
+            target.first.evaluate("""e => { e.scrollIntoView({block: 'start'});
+                const panel = e.closest('.jp-WindowedPanel-outer');  // under the toolbar
+                if (panel) panel.scrollTop -= 60; }""")
+            page.wait_for_timeout(300)
+            return
         target = page.locator(f"{ACTIVE} .jp-CodeCell", has_text="plot_training(")
     else:
         target = page.locator(f"{ACTIVE} .jp-CodeCell").last
