@@ -6,6 +6,7 @@ that matter to a student (the teaching-model build, training) stay in the notebo
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -63,8 +64,6 @@ def test_runner_process_loads_models_without_a_progress_bar(mode):
 
 
 def _env() -> dict:
-    import os
-
     return {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
 
 
