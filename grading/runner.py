@@ -52,9 +52,23 @@ def key_figure(step: int, run_dir: Path) -> str:
         return f"(no artifact: {exc})"[:80]
 
 
+def quiet_progress_bars() -> None:
+    """No library progress bars in this process: the runner prints one line per step, and
+    the checks load models here (transformers draws "Loading weights" bars on stderr).
+    The notebooks' kernels are separate processes: their bars stay in the notebooks."""
+    import datasets
+    import huggingface_hub.utils
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+
+
 def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
             notebooks_dir: Path = NOTEBOOKS_DIR) -> dict:
     """Execute the four notebooks, grade each step, write `run_dir/report.json`."""
+    quiet_progress_bars()
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     os.environ["LABKIT_RUN_DIR"] = str(run_dir)

@@ -95,6 +95,7 @@ def quiet_libraries():
     saved = (tf_log.get_verbosity(), tf_log.is_progress_bar_enabled(), ds_log.get_verbosity(),
              datasets.is_progress_bar_enabled(),
              {n: logging.getLogger(n).level for n in ("trl", "transformers", "accelerate")},
+             logging.getLogger("transformers.training_args").level,
              os.environ.get("TOKENIZERS_PARALLELISM"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tf_log.set_verbosity_error()
@@ -103,6 +104,9 @@ def quiet_libraries():
     datasets.disable_progress_bars()
     for name in saved[4]:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # TrainingArguments' disable_tqdm=None means "off when transformers logs above WARNING":
+    # keep training's own progress bar (notebooks show it; headless runs set disable_tqdm)
+    logging.getLogger("transformers.training_args").setLevel(logging.WARNING)
     try:
         yield
     finally:
@@ -112,7 +116,8 @@ def quiet_libraries():
         (datasets.enable_progress_bars if saved[3] else datasets.disable_progress_bars)()
         for name, level in saved[4].items():
             logging.getLogger(name).setLevel(level)
-        if saved[5] is None:
+        logging.getLogger("transformers.training_args").setLevel(saved[5])
+        if saved[6] is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
 
 

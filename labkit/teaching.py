@@ -14,7 +14,6 @@ import hashlib
 import json
 import random
 import re
-import time
 from pathlib import Path
 
 from . import runtime
@@ -223,6 +222,7 @@ def train_tokenizer(docs: list[dict]):
 
 def _pretrain(model, tokenizer, docs, progress: bool):
     import torch
+    from tqdm.auto import tqdm
 
     cfg = PRETRAIN
     texts = [d["prompt"] + d["response"] + EOS for d in docs]
@@ -234,7 +234,9 @@ def _pretrain(model, tokenizer, docs, progress: bool):
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg["warmup"]) * max(0.05, 1 - s / cfg["steps"]))
     model.train()
-    start = time.perf_counter()
+    # tqdm.auto: a widget bar in a notebook, a text bar in a terminal
+    bar = tqdm(total=cfg["steps"], desc="Building the teaching model", unit="step",
+               disable=not progress, mininterval=0.5)
     for step in range(cfg["steps"]):
         batch = torch.randint(0, len(texts), (cfg["batch_size"],), generator=gen)
         out = model(input_ids=ids[batch], attention_mask=mask[batch], labels=labels[batch])
@@ -243,16 +245,16 @@ def _pretrain(model, tokenizer, docs, progress: bool):
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if progress and (step % 60 == 0 or step == cfg["steps"] - 1):
-            print(f"  pretraining step {step + 1:>4}/{cfg['steps']}  loss {out.loss.item():.3f}"
-                  f"  ({time.perf_counter() - start:.0f}s)", flush=True)
+        bar.update(1)
+        if progress and (step % 20 == 0 or step == cfg["steps"] - 1):
+            bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
+    bar.close()
     model.eval()
     return out.loss.item()
 
 
 def build_teaching_model(out_dir: Path | None = None, progress: bool = True) -> Path:
     """Build the teaching model deterministically and save it atomically to `out_dir`."""
-    import torch
 
     out_dir = Path(out_dir) if out_dir else default_dir()
     if progress:
@@ -260,6 +262,20 @@ def build_teaching_model(out_dir: Path | None = None, progress: bool = True) -> 
     # tiny matmuls: threads only add spin-waiting on a busy machine; the seed is scoped too
     with runtime.threads(1), runtime.seeded(PRETRAIN["seed"]):
         return _build(out_dir, progress)
+
+
+def _save_quietly(model, tokenizer, path: Path) -> None:
+    """Without transformers' "Writing model shards" bar: the build shows its own."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _build(out_dir: Path, progress: bool) -> Path:
@@ -275,8 +291,7 @@ def _build(out_dir: Path, progress: bool) -> Path:
     final_loss = _pretrain(model, tokenizer, docs, progress)
     model.config.labkit_teaching = {"recipe": recipe_fingerprint(), "final_loss": final_loss}
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        _save_quietly(model, tokenizer, tmp)
     if progress:
         n = sum(p.numel() for p in model.parameters())
         print(f"Teaching model ready: {n / 1e6:.2f} M parameters, final loss {final_loss:.3f}",

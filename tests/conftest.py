@@ -207,6 +207,7 @@ class LabRun:
     report: dict
     seconds: float
     stdout: str
+    stderr: str = ""
 
 
 def run_lab_cli(run_dir: Path, model: str, timeout: int = 900):
@@ -232,7 +233,7 @@ def lab_run(tmp_path_factory, teaching_dir) -> LabRun:
     assert proc.returncode == 0, f"labkit run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     report = json.loads((run_dir / "report.json").read_text())
     record_figure("whole lab, teaching model", f"{seconds:.1f} s wall")
-    return LabRun(run_dir, report, seconds, proc.stdout)
+    return LabRun(run_dir, report, seconds, proc.stdout, proc.stderr)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ classic wrong variant gets its own hint, and the grader scores it from notebook 
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
