@@ -255,7 +255,6 @@ def _pretrain(model, tokenizer, docs, progress: bool):
 
 def build_teaching_model(out_dir: Path | None = None, progress: bool = True) -> Path:
     """Build the teaching model deterministically and save it atomically to `out_dir`."""
-
     out_dir = Path(out_dir) if out_dir else default_dir()
     if progress:
         print(f"Building the labkit teaching model -> {out_dir}", flush=True)
