@@ -1,5 +1,5 @@
 """Exercise 3.1 (compute_sequence_logps), graded from notebook 3 alone, like
-`extract.check_student_loss`: the notebook's imports/defs/constants (never its training
+`student_code.check_student_loss`: the notebook's imports/defs/constants (never its training
 cells) run in a sandboxed child on fresh random logits chosen here; the child only reports
 numbers, and the grader compares them with `labkit.dpo.completion_logps` (the core of
 `labkit.dpo.sequence_logps`) in its own process, naming the classic bug in its hint.
@@ -15,7 +15,7 @@ import secrets
 from pathlib import Path
 from typing import Callable
 
-from .extract import definitions_source
+from .student_code import definitions_source
 
 FUNCTION = "compute_sequence_logps"
 
@@ -85,7 +85,7 @@ def compare_with_reference(cases: list[dict], answers) -> tuple[bool, str]:
 def check_student_logps(notebook_path: str | Path, run: Callable, workdir: Path,
                         timeout: float = 60) -> tuple[bool, str]:
     """(passed, message). `run(argv, stdin, cwd, timeout)` -> (returncode, stdout, stderr,
-    timed_out), as for `extract.check_student_loss`."""
+    timed_out), as for `student_code.check_student_loss`."""
     import sys
 
     try:
