@@ -65,7 +65,7 @@ def variant_notebook(tmp_path: Path, body: str) -> Path:
 
 
 def test_grader_scores_the_exercise_from_notebook_3_alone(tmp_path):
-    from grading.extract import definitions_source
+    from grading.student_code import definitions_source
     from grading.student_logps import check_student_logps
 
     source = definitions_source(NB3)
