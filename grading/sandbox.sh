@@ -48,4 +48,8 @@ done < /proc/self/mountinfo
 mount -o remount,bind,ro / 2>/dev/null || mount -o remount,ro /
 cd "$here" 2>/dev/null || cd "$work"
 ulimit -v "$mem_kb"; ulimit -f "$fsize_kb"; ulimit -u "$nproc"
-exec "$@"
+# not exec: this shell stays PID 1 of the namespace, so that COMMAND gets ordinary signals
+# (PID 1 ignores a SIGKILL sent from inside) and orphans are reaped; a death by signal N
+# comes back as exit status 128+N
+"$@"
+exit $?
