@@ -242,7 +242,8 @@ def test_a_dead_kernel_names_the_cell_and_what_is_known(batch):
     for name, said in (("01_baseline-2", "SIGKILL (9)"), ("01_baseline-3", "exited with code 3")):
         run = _run(_results(out, name), craft.NAMES[1])
         folder = "killed" if name.endswith("2") else "exits"
-        cell = _cell_number(subs / folder / craft.NAMES[1], "os.")
+        cell = _cell_number(subs / folder / craft.NAMES[1],
+                            "os.kill" if folder == "killed" else "os._exit")
         assert f"while cell {cell} was running" in run["output"] and said in run["output"], run
 
 
