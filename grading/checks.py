@@ -288,10 +288,13 @@ def _outputs_changed(rec: Step4Report) -> CheckItem:
 
 def _metrics(rec: Step4Report, step1) -> CheckItem:
     metrics = as_dict(rec.metrics)
-    # judge_style only knows the teaching model's two styles: null is right for GPT-2
+    # a judge only knows the teaching model's styles: null is right for GPT-2, and for a
+    # theme without a judge (the class's theme: LABKIT_THEME)
+    from labkit.themes import load_theme
+
     model = as_dict(getattr(step1, "model", None))
-    nullable = set() if model.get("is_teaching", True) else {"style_rate_before",
-                                                              "style_rate_after"}
+    judged = model.get("is_teaching", True) and load_theme().judge is not None
+    nullable = set() if judged else {"style_rate_before", "style_rate_after"}
     missing = [k for k in rubric.METRIC_KEYS if not finite(metrics.get(k))
                and not (k in nullable and k in metrics and metrics[k] is None)]
     return scored(4, "metrics", not missing, f"missing or not finite: {', '.join(missing)}"
