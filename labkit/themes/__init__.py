@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import difflib
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..data import MIN_PAIRS, find_problems
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (pyproject allows it): tomli has the same API
+    import tomli as tomllib
 
 THEMES_DIR = Path(__file__).parent
 DEFAULT_THEME = "plain"
