@@ -148,6 +148,19 @@ def test_syntax_errors_and_unknown_names_say_what_to_do(tmp_path, monkeypatch):
         load_theme()
 
 
+def test_review_pairs_follows_the_themes_judge(teaching):
+    """Notebook 2's review: no style complaint for a theme without a judge; the plain
+    theme's judge flags concise's jargon rows."""
+    from labkit.own_words import review_pairs
+
+    model, tokenizer, _ = teaching
+    review = review_pairs(model, tokenizer, GOOD.example_pairs, judge=GOOD.judge)
+    assert review.ok, str(review)  # the teaching model's own sentences: familiar, and they fit
+    assert {r["chosen_style"] for r in review.rows} == {"-"}
+    styled = review_pairs(model, tokenizer, GOOD.example_pairs, judge=load_theme("plain").judge)
+    assert any("does not read chosen as plain" in p for p in styled.problems)
+
+
 # ----------------------------------------------------------------------------- whole lab
 def _figures(report: dict) -> str:
     m = report["metrics"]
@@ -182,4 +195,10 @@ def test_lab_passes_all_four_checks_on_the_concise_theme(tmp_path, teaching_dir,
     assert m["style_rate_before"] is None and m["style_rate_after"] is None  # no judge
     assert m["changed_outputs"] >= 1
     assert m["heldout_preference_accuracy"] > 0.5  # the length preference generalises
-    record_figure("theme concise (teaching model)", _figures(report))
+    step4 = json.loads((tmp_path / "run" / "step4_report.json").read_text())
+    words = {k: sum(len(o.split()) for o, kind in zip(step4[k], GOOD.prompt_kinds)
+                    if kind == "theme") / len(GOOD.theme_prompts)
+             for k in ("outputs_before", "outputs_after")}
+    assert words["outputs_after"] < words["outputs_before"]  # greedy answers got shorter
+    record_figure("theme concise (teaching model)", _figures(report) + f", words per theme "
+                  f"answer {words['outputs_before']:.1f} -> {words['outputs_after']:.1f}")

@@ -284,13 +284,10 @@ def _judge(judge) -> tuple[Judge | None, list[ThemeProblem]]:
 
 def _rows(data, table, problems) -> list | None:
     rows = data.get(table)
-    if rows is None:
-        return None
-    if not isinstance(rows, list):
+    if rows is not None and not isinstance(rows, list):
         problems.append(ThemeProblem(table, None, None, f"must be an array of tables: write "
                                      f"each pair under its own [[{table}]] header"))
-        return None
-    return rows
+    return rows if isinstance(rows, list) else None
 
 
 def _pair_problems(table, rows, least, judge: Callable | None, tokenizer, max_length,
@@ -307,9 +304,9 @@ def _pair_problems(table, rows, least, judge: Callable | None, tokenizer, max_le
     for i, row in enumerate(rows, start=1):
         if i in bad_rows or not isinstance(row, dict):
             continue
-        problems += _prompt_problems(table, "prompt", [row["prompt"]]) and [
-            ThemeProblem(table, i, "prompt", "must end with a newline ('\\n'): its tokens are "
-                         "then a prefix of prompt + answer, as TRL splits them")]
+        if not row["prompt"].endswith("\n"):
+            problems.append(ThemeProblem(table, i, "prompt", "must end with a newline ('\\n'): "
+                                         "its tokens are then a prefix of prompt + answer"))
         if judge is not None and judge(row["chosen"]) != judge.preferred:
             problems.append(ThemeProblem(table, i, "chosen", f"the judge {judge.function} reads "
                                          f"it as {judge(row['chosen'])!r}, not "
