@@ -18,7 +18,7 @@ from pathlib import Path
 from labkit import artifacts
 from labkit.release import NOTEBOOKS_DIR
 from labkit.steps import Step1Baseline, Step2Meta, Step3Training, Step4Report
-from labkit.themes import load_theme
+from labkit.themes import THEMES_DIR, load_theme
 
 from . import checks
 from .kernel import execute_notebook
@@ -75,6 +75,8 @@ def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
     if theme:
         os.environ["LABKIT_THEME"] = theme
     theme_used = load_theme()  # a bad theme file fails here, before any notebook runs
+    if theme_used.path.parent != THEMES_DIR:  # a file of the instructor's: kernels' cwd differs
+        os.environ["LABKIT_THEME"] = str(theme_used.path.resolve())
     print(f"theme: {theme_used.name} - {theme_used.title}", flush=True)
     quiet_progress_bars()
     run_dir = Path(run_dir).resolve()
