@@ -3,6 +3,7 @@ a broken file is refused with table/row/field errors, and the lab passes on each
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import pytest
@@ -202,3 +203,19 @@ def test_lab_passes_all_four_checks_on_the_concise_theme(tmp_path, teaching_dir,
     assert words["outputs_after"] < words["outputs_before"]  # greedy answers got shorter
     record_figure("theme concise (teaching model)", _figures(report) + f", words per theme "
                   f"answer {words['outputs_before']:.1f} -> {words['outputs_after']:.1f}")
+
+
+def test_runner_checks_the_theme_first_and_hands_kernels_an_absolute_path(tmp_path,
+                                                                           monkeypatch):
+    from grading.runner import run_lab
+
+    (tmp_path / "mine.toml").write_text(GOOD.path.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    for name in ("LABKIT_THEME", "LABKIT_RUN_DIR", "LABKIT_STATIC_WIDGETS", "OMP_WAIT_POLICY"):
+        monkeypatch.setenv(name, "")  # restored after the test: run_lab sets them
+    with pytest.raises(FileNotFoundError, match="expected the 4 lab notebooks"):
+        run_lab(tmp_path / "run", notebooks_dir=tmp_path, theme="mine.toml")
+    assert os.environ["LABKIT_THEME"] == str(tmp_path / "mine.toml")
+    monkeypatch.setenv("LABKIT_THEME", "no-such-theme")
+    with pytest.raises(ThemeError, match="no such theme"):
+        run_lab(tmp_path / "run", notebooks_dir=tmp_path)
