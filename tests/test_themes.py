@@ -61,6 +61,17 @@ def test_theme_pairs_fit_the_teaching_model_and_gpt2(name, teaching_tokenizer, g
                       f"{longest} tokens (limit {min(max_length, tokenizer.model_max_length)})")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_theme_pairs_fit_smollm2(name, smollm2_dir):
+    from transformers import AutoTokenizer
+
+    from labkit.config import PRESETS
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    load_theme(name, tokenizer=tokenizer, max_length=PRESETS["llama-instruct"].max_length)
+
+
 GOOD = load_theme("concise")
 
 
