@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.students import corpus
+from tests.students import corpus, run
 
 ROOT = Path(__file__).resolve().parent.parent
 NB3 = ROOT / "notebooks" / "03_train_dpo.ipynb"
@@ -66,7 +66,7 @@ def test_watch_cell_without_the_callback_says_what_to_add(teaching_tokenizer):
     info = type("Info", (), {"is_teaching": True})()
     out = io.StringIO()
     with redirect_stdout(out):
-        exec(_cell("for record in watch.samples:"), {"watch": watch, "info": info,
+        exec(_cell("for record in watch.samples:"), {"watch": watch, "info": info,  # noqa: S102 - the notebook cell itself
                                                       "display": print})
     assert "callbacks=[watch]" in out.getvalue()
 
@@ -75,7 +75,7 @@ def test_watch_cell_without_the_callback_says_what_to_add(teaching_tokenizer):
 def test_corpus_grades_like_a_careful_ta(lab_run, tmp_path):
     """Every case through `python -m grading --jobs 2 --model teaching`; all items must match
     the expectation written in the case."""
-    outcomes = corpus.run_corpus(tmp_path, lab_run.run_dir)
+    outcomes = run.run_corpus(tmp_path, lab_run.run_dir)
     wrong = [f"{o.case.name}: got {o.got} expected {o.expected}: {'; '.join(o.mismatches)}"
              + (f" (waits for {o.case.needs})" if o.case.needs else "")
              for o in outcomes if o.mismatches or o.got != o.expected]
