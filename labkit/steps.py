@@ -207,12 +207,17 @@ class Step3Training(StepRecord):
         the step-2 pairs file, all of whose rows count in n_pairs)."""
         run = artifacts.run_dir(run_dir)
         history = list(trainer.state.log_history)
+        runtimes = [e["train_runtime"] for e in history if "train_runtime" in e]
+        if not runtimes:
+            raise ArtifactError("nothing trained to save yet: trainer.train() has not run to "
+                                "the end in this kernel (its log has no train_runtime). Run "
+                                "the training cell, then this one; nothing was saved")
         record = cls(
             base_model=_as_dict(base_model),
             policy_sha256=artifacts.save_policy(trainer.model, tokenizer, run / cls.POLICY_DIR),
             pairs_sha256=sha256_of(run / Step2Meta.PAIRS_FILE),
             n_pairs=len(Step2Meta.read_pairs(run)[0]),
-            train_seconds=next(e["train_runtime"] for e in history if "train_runtime" in e),
+            train_seconds=runtimes[-1],
             dpo_config={k: getattr(trainer.args, k) for k in DPO_CONFIG_KEYS},
             log_history=history, health=_as_dict(health), crosscheck=crosscheck,
             samples_during_training=samples)
