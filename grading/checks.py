@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from labkit.steps import Step1Baseline, Step2Meta, Step3Training, Step4Report, sha256_of
+from labkit.steps import Step1Baseline, Step2Meta, Step3Training, sha256_of
 
-from . import bounds, rubric
+from . import bounds
 from .bounds import guarded
 from .results import CheckItem, CheckResult, all_failed, not_done, scored, step_result
 
@@ -164,7 +164,8 @@ def check_step2(run_dir=None) -> CheckResult:
     if err is None and meta.problems:
         err = f"{Step2Meta.FILE}: " + "; ".join(f"field {k!r} {v}" for k, v in
                                                  meta.problems.items())
-    elif err is None and (meta.n_pairs != len(rows) or meta.pairs_sha256 != sha256_of(pairs_file)):
+    elif err is None and (meta.n_pairs != len(rows)
+                          or meta.pairs_sha256 != sha256_of(pairs_file)):
         err = (f"{Step2Meta.FILE} does not describe {Step2Meta.PAIRS_FILE} (n_pairs "
                f"{meta.n_pairs} vs {len(rows)} rows, or another sha256): save both with the "
                "notebook's cell")
@@ -302,66 +303,10 @@ def _crosscheck(rec: Step3Training, entries: list[dict]) -> CheckItem:
 
 # ----------------------------------------------------------------------------- step 4
 def check_step4(run_dir=None) -> CheckResult:
-    from .direction import moved_item
+    """Step 4's items live in grading.step4 (with the direction check)."""
+    from .step4 import check_step4 as check
 
-    run, rec, early = _open(4, Step4Report, run_dir)
-    if early:
-        return early
-    step1, err1 = load(Step1Baseline, run)
-    return step_result(4, [guarded(4, "same_prompts_spec", _same_as_step1, rec, step1, err1),
-                           guarded(4, "same_policy", _same_policy, run, rec),
-                           guarded(4, "outputs_changed", _outputs_changed, rec),
-                           guarded(4, "metrics", _metrics, rec, step1),
-                           guarded(4, "moved_toward_preference", moved_item, run, rec, step1)])
-
-
-def _same_as_step1(rec: Step4Report, step1, err1) -> CheckItem:
-    if step1 is None:
-        return scored(4, "same_prompts_spec", False, f"step 1 unreadable: {err1}")
-    differ = [k for k, v, v1 in (("prompts", rec.prompts, step1.prompts),
-                                 ("generation_spec", rec.generation_spec, step1.generation_spec),
-                                 ("outputs_before", rec.outputs_before, step1.outputs))
-              if v != v1]
-    return scored(4, "same_prompts_spec", not differ, "same prompts, outputs and GenerationSpec "
-                  "as step 1" if not differ else f"differs from step 1: {', '.join(differ)}; "
-                  "compare with the saved baseline, do not rebuild it")
-
-
-def _same_policy(run: Path, rec: Step4Report) -> CheckItem:
-    from labkit.artifacts import ArtifactError, weights_sha256
-
-    training, _ = load(Step3Training, run)
-    try:
-        actual = weights_sha256(run / Step3Training.POLICY_DIR)
-    except (ArtifactError, OSError):
-        actual = None
-    claimed = rec.policy_sha256
-    ok = bool(claimed) and claimed == actual == getattr(training, "policy_sha256", None)
-    return scored(4, "same_policy", ok, "the report is about the step-3 policy" if ok else
-                  "policy_sha256 differs from the saved step-3 policy: reload it from "
-                  f"{Step3Training.POLICY_DIR}/ and re-run")
-
-
-def _outputs_changed(rec: Step4Report) -> CheckItem:
-    before, after = rec.outputs_before, rec.outputs_after
-    if not (isinstance(before, list) and isinstance(after, list) and len(before) == len(after)):
-        return scored(4, "outputs_changed", False, "outputs_before/outputs_after are missing "
-                      "or of different lengths")
-    n = sum(b != a for b, a in zip(before, after))
-    return scored(4, "outputs_changed", n > 0, f"{n}/{len(after)} outputs changed" if n else
-                  "no output changed: the policy behaves like the base model")
-
-
-def _metrics(rec: Step4Report, step1) -> CheckItem:
-    metrics = as_dict(rec.metrics)
-    # judge_style only knows the teaching model's two styles: null is right for GPT-2
-    model = as_dict(getattr(step1, "model", None))
-    nullable = set() if model.get("is_teaching", True) else {"style_rate_before",
-                                                              "style_rate_after"}
-    missing = [k for k in rubric.METRIC_KEYS if not finite(metrics.get(k))
-               and not (k in nullable and k in metrics and metrics[k] is None)]
-    return scored(4, "metrics", not missing, f"missing or not finite: {', '.join(missing)}"
-                  if missing else "all metrics present")
+    return check(run_dir)
 
 
 CHECKS = {1: check_step1, 2: check_step2, 3: check_step3, 4: check_step4}

@@ -46,8 +46,9 @@ RUBRIC: tuple[Item, ...] = (
     Item(3, "finite_losses", 3, "every logged loss is a finite number"),
     Item(3, "health", 4, "the training-health verdict (recomputed from log_history) is neither "
          "no_learning nor diverged"),
-    Item(3, "policy_changed", 4, "the saved policy's weights match their recorded sha256 and "
-         "differ from the base model's"),
+    Item(3, "policy_changed", 4, "the saved policy's weights match their recorded sha256, "
+         "differ from the base model's, and reproduce the recorded cross-check loss on the first "
+         "batch of the saved pairs (|diff| <= 0.01 + 10%), below ln 2 - 0.01 with margin > 0"),
     Item(3, "crosscheck", 4, "your compute_dpo_loss agrees with TRL's loss on the same pairs "
          "and with TRL's first logged loss (|difference| < 1e-4)"),
     Item(3, "log_consistent", 3, "the log matches the saved config and data: steps = "
