@@ -48,7 +48,7 @@ RUBRIC: tuple[Item, ...] = (
          "no_learning nor diverged"),
     Item(3, "policy_changed", 4, "the saved policy's weights match their recorded sha256, "
          "differ from the base model's, and reproduce the recorded cross-check loss on the first "
-         "batch of the saved pairs (|diff| <= 0.01 + 10%), below ln 2 - 0.01 with margin > 0"),
+         "batch of the saved pairs (difference <= 0.01 + 10%), below ln 2 - 0.01 with margin > 0"),
     Item(3, "crosscheck", 4, "your compute_dpo_loss agrees with TRL's loss on the same pairs "
          "and with TRL's first logged loss (|difference| < 1e-4)"),
     Item(3, "log_consistent", 3, "the log matches the saved config and data: steps = "
