@@ -147,6 +147,9 @@ class Step1Baseline(StepRecord):
     prompts: list[str]
     prompt_kinds: list[str]          # "theme" or "far", one per prompt
     outputs: list                    # one str per prompt (a list of str when sampling n)
+    # generate(..., return_ids=True)'s ids, one list per output: what the grader verifies
+    # (decoded text does not always re-tokenize to the same ids); absent in older runs
+    output_ids: Optional[list] = None
 
 
 @dataclass
@@ -238,16 +241,19 @@ class Step4Report(StepRecord):
     changed: list                    # one bool per prompt (Exercise 4.1)
     policy_sha256: str
     metrics: dict                    # METRIC_KEYS; style rates may be null off the teaching model
+    outputs_after_ids: Optional[list] = None  # the ids of outputs_after (as Step1's output_ids)
 
     @classmethod
     def build(cls, spec, prompts, before, after, changed, policy_sha256, *,
-              heldout_preference_accuracy, kl_mean, perplexity, style_rate) -> "Step4Report":
-        """The report, with `perplexity` and `style_rate` as (before, after) pairs."""
+              heldout_preference_accuracy, kl_mean, perplexity, style_rate,
+              after_ids=None) -> "Step4Report":
+        """The report, with `perplexity` and `style_rate` as (before, after) pairs and
+        `after_ids` the token ids of `after` (generate(..., return_ids=True))."""
         values = (sum(changed), len(prompts), heldout_preference_accuracy, kl_mean,
                   *perplexity, *style_rate)
         return cls(generation_spec=_as_dict(spec), prompts=prompts, outputs_before=before,
                    outputs_after=after, changed=changed, policy_sha256=policy_sha256,
-                   metrics=dict(zip(METRIC_KEYS, values)))
+                   metrics=dict(zip(METRIC_KEYS, values)), outputs_after_ids=after_ids)
 
 
 def _as_dict(value) -> dict:
