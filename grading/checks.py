@@ -202,17 +202,30 @@ def _leak_item(run, rows, lines, meta, problems) -> CheckItem:
                   "no pair uses a held prompt or a held-out evaluation concept")
 
 
-def heldout_concept_problems(rows, lines=None) -> list:
-    """Pairs whose prompt names a concept of step 4's held-out evaluation (the held-out
-    preference accuracy and style rate use labkit.teaching.HELDOUT_CONCEPTS): training on
-    them would make "held-out" accuracy measure memorisation."""
+def heldout_concepts(theme=None) -> list[str]:
+    """The concepts step 4 keeps for its held-out evaluation: the class theme's held-out
+    pairs and judged prompts ("Explain a mutex." -> "a mutex")."""
+    import re
+
+    from labkit.themes import load_theme
+
+    theme = theme or load_theme()
+    prompts = [*theme.heldout_prompts, *(theme.judge.prompts if theme.judge else ())]
+    concepts = (re.sub(r"^(explain|describe|what is|tell me about) ", "",
+                       " ".join(p.casefold().split()).rstrip(".?!:")) for p in prompts)
+    return list(dict.fromkeys(c for c in concepts if c))
+
+
+def heldout_concept_problems(rows, lines=None, theme=None) -> list:
+    """Pairs whose prompt names a concept of step 4's held-out evaluation (see
+    `heldout_concepts`): training on them would make "held-out" accuracy measure
+    memorisation."""
     import re
 
     from labkit.data import Problem
-    from labkit.teaching import HELDOUT_CONCEPTS
 
     patterns = {c: re.compile(r"\b" + re.escape(re.sub(r"^(a|an|the) ", "", c)) + r"s?\b")
-                for c in HELDOUT_CONCEPTS}
+                for c in heldout_concepts(theme)}
     found = []
     for i, row in enumerate(rows):
         prompt = row.get("prompt") if isinstance(row, dict) else None

@@ -40,7 +40,7 @@ RUBRIC: tuple[Item, ...] = (
     Item(2, "pairs_valid", 10, "at least 8 valid pairs: every field a non-empty string, "
          "chosen differs from rejected, no duplicates"),
     Item(2, "no_heldout_leak", 10, "no pair uses one of the step-1 held prompts, nor a "
-         "concept of step 4's held-out evaluation (labkit.teaching.HELDOUT_CONCEPTS)"),
+         "concept of step 4's held-out evaluation (the class theme's held-out pairs and judged prompts)"),
     # Step 3: DPO training with TRL
     Item(3, "trained", 4, "a DPOTrainer run was saved and logged at least 3 training steps"),
     Item(3, "finite_losses", 3, "every logged loss is a finite number"),
