@@ -252,3 +252,21 @@ def test_the_inputs_are_fresh_each_run():
     finally:
         student_code.make_cases = original
     assert len(seen) == 2 and seen[0] != seen[1]
+
+
+@pytest.mark.slow
+def test_no_spoof_inside_the_namespace_sandbox_either(tmp_path):
+    """Inside the namespaces the fork is root of its user namespace: it drops every
+    capability before loading the definitions, so the driver's stdin (the key) and stdout
+    stay closed to it there too."""
+    from grading.sandbox import Sandbox
+
+    box = Sandbox(tmp_path / "box", "teaching").create()
+    nb = nbformat.read(NB3, as_version=4)
+    cell = next(c for c in nb.cells if "def compute_dpo_loss" in c.source)
+    cell.source = SPOOF.format(forged=forged_answers(0), exit_after=True)
+    nbformat.write(nb, tmp_path / NB3.name)
+    ok, message = check_student_loss(tmp_path / NB3.name, box.run_untrusted, box.root / "x",
+                                     timeout=120, seed=0)
+    assert not ok, message
+    assert check_student_loss(NB3, box.run_untrusted, box.root / "y", timeout=120)[0]
