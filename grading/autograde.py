@@ -1,7 +1,7 @@
 """Grade one submission end to end: plan what to run, execute its notebooks in a sandbox,
 copy its artifacts out, and grade them in the grader's own process. Orchestration only:
 the jobs are grading.submission (find, plan, copy), grading.sandbox and grading.kernel (run
-untrusted notebooks), grading.student_code (compute_dpo_loss alone), grading.checks and
+untrusted notebooks), grading.student_code and grading.student_logps (the exercises' code alone), grading.checks and
 grading.integrity (the grade).
 """
 from __future__ import annotations
@@ -55,7 +55,9 @@ def _grade(path: Path, opts: Options, box: Sandbox, out: Path, start: float, run
     """Run (unless opts.execute is off) and grade: (step results, notes)."""
     from .integrity import grade_run
     from .policy import base_model
+    from .results import scored
     from .student_code import check_student_loss
+    from .student_logps import check_student_logps
 
     try:
         if opts.execute:
@@ -85,7 +87,12 @@ def _grade(path: Path, opts: Options, box: Sandbox, out: Path, start: float, run
         base = base_model(opts.model)
         loss = (check_student_loss(notebooks[3], box.run_untrusted, box.root / "extract")
                 if 3 in notebooks else (False, "notebook 3 is not in the submission"))
+        logps = (check_student_logps(notebooks[3], box.run_untrusted, box.root / "extract")
+                 if 3 in notebooks else (False, "notebook 3 is not in the submission"))
         results = [r for r in grade_run(graded_run, base, loss) if r.step in graded]
+        for result in (r for r in results if r.step == 3):  # exercise 3.3, next to 3.1
+            result.items = [i for i in result.items if i.name != "student_logps"]
+            result.add([scored(3, "student_logps", *logps)])
         for run in runs:  # a notebook that stopped explains its step's missing points
             for result in results:
                 if result.step == run.step and run.status != "ok":
