@@ -42,16 +42,18 @@ def grade_submission(path, name: str, opts: Options, batch_root, out_dir, label=
     box = Sandbox(Path(batch_root) / name, opts.model, opts.limits,
                   (Path(batch_root), Path(out_dir), *opts.hide), opts.threads).create()
     runs: list[NotebookRun] = []
+    written: list[dict] = []  # the reflection answers, for a person to grade
     # the grader's side of the runtime policy: as many threads as each kernel gets, and
     # library logging off so that the progress lines stay readable
     with runtime.threads(opts.threads), runtime.quiet_libraries():
-        results, notes = _grade(path, opts, box, out, start, runs)
+        results, notes = _grade(path, opts, box, out, start, runs, written)
     return {"name": name, "source": str(path), "steps": [r.to_dict() for r in results],
             "runs": [r.__dict__ for r in runs], "notes": notes, "isolation": box.isolation(),
-            "seconds": time.monotonic() - start}
+            "reflections": written, "seconds": time.monotonic() - start}
 
 
-def _grade(path: Path, opts: Options, box: Sandbox, out: Path, start: float, runs: list):
+def _grade(path: Path, opts: Options, box: Sandbox, out: Path, start: float, runs: list,
+           written: list):
     """Run (unless opts.execute is off) and grade: (step results, notes)."""
     from .integrity import grade_run
     from .policy import base_model
@@ -82,6 +84,7 @@ def _grade(path: Path, opts: Options, box: Sandbox, out: Path, start: float, run
             run_dir = path / "run" if (path / "run").is_dir() else path
             notebooks, notes = find_notebooks(path) if path.is_dir() else ({}, [])
             graded = [1, 2, 3, 4]
+        written += _reflections([notebooks[s] for s in graded if s in notebooks], notes)
         graded_run = box.root / "graded"
         notes += [f"ignored {s}" for s in copy_artifacts(run_dir, graded_run)]
         base = base_model(opts.model)
@@ -101,3 +104,14 @@ def _grade(path: Path, opts: Options, box: Sandbox, out: Path, start: float, run
         if not opts.keep_work:
             shutil.rmtree(box.root, ignore_errors=True)
     return results, notes
+
+
+def _reflections(paths: list[Path], notes: list[str]) -> list[dict]:
+    """The submission's written answers (never the reference's: graded notebooks only)."""
+    from labkit.reflections import collect_all
+
+    try:
+        return collect_all(paths)
+    except ValueError as exc:  # an unreadable notebook: its runs say so too
+        notes.append(f"written answers not collected: {exc}")
+        return []
