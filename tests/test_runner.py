@@ -26,7 +26,6 @@ def test_teaching_lab_passes_all_four_checks(lab_run):
     record_figure("lab summary", f"{m['changed_outputs']}/{m['held_prompts']} changed, plain "
                   f"style {m['style_rate_before']:.2f} -> {m['style_rate_after']:.2f}, "
                   f"held-out accuracy {m['heldout_preference_accuracy']:.2f}")
-    assert lab_run.seconds <= 180, f"the lab took {lab_run.seconds:.0f} s (budget 180 s)"
 
 
 @pytest.mark.slow

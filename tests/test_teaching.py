@@ -12,21 +12,16 @@ import labkit.teaching as tk
 from labkit.config import GenerationSpec
 from labkit.generation import generate
 
-BUILD_BUDGET_S = 90
 HELDOUT_SPEC = GenerationSpec(do_sample=True, num_samples=8, seed=0, max_new_tokens=40)
 
 
-def test_build_time_within_budget(teaching_build):
+def test_build_is_recorded_and_complete(teaching_build, figure):
+    """The build's time is a figure (speed claims live in `python -m bench`), never an
+    assertion: on a busy machine the same build takes twice as long."""
     assert tk.is_built(teaching_build.path)
-    seconds = teaching_build.seconds
-    if seconds is None:
-        pytest.skip("the teaching model was copied from a cache "
-                    "(LABKIT_TEST_REUSE_TEACHING=1), not built: nothing to time")
-    assert seconds <= BUILD_BUDGET_S, (
-        f"building the teaching model took {seconds:.1f} s wall "
-        f"({teaching_build.cpu_seconds:.1f} s CPU on {os.cpu_count()} cores, 1-min load "
-        f"average {teaching_build.load_average} before/after); the budget is "
-        f"{BUILD_BUDGET_S} s. Other CPU-heavy processes on the machine slow this down too.")
+    if teaching_build.seconds is not None:
+        figure("teaching model build", f"{teaching_build.seconds:.1f} s wall, "
+               f"{teaching_build.cpu_seconds:.1f} s CPU on {os.cpu_count()} cores")
 
 
 def test_under_five_million_parameters(teaching, figure):
