@@ -1,8 +1,8 @@
 """Grade one submission end to end: plan what to run, execute its notebooks in a sandbox,
 copy its artifacts out, and grade them in the grader's own process. Orchestration only:
 the jobs are grading.submission (find, plan, copy), grading.sandbox and grading.kernel (run
-untrusted notebooks), grading.student_code and grading.student_logps (the exercises' code alone), grading.checks and
-grading.integrity (the grade).
+untrusted notebooks), grading.student_code and grading.student_logps (the exercises' code
+alone), grading.checks and grading.integrity (the grade).
 """
 from __future__ import annotations
 
@@ -110,8 +110,10 @@ def _reflections(paths: list[Path], notes: list[str]) -> list[dict]:
     """The submission's written answers (never the reference's: graded notebooks only)."""
     from labkit.reflections import collect_all
 
-    try:
-        return collect_all(paths)
-    except ValueError as exc:  # an unreadable notebook: its runs say so too
-        notes.append(f"written answers not collected: {exc}")
-        return []
+    rows = []
+    for path in paths:
+        try:
+            rows += collect_all([path])
+        except ValueError as exc:  # an unreadable notebook: its run says so too
+            notes.append(f"written answers not collected: {exc}")
+    return rows
