@@ -258,6 +258,9 @@ def reference_calls(source: str, function: str) -> list[str]:
         if name in seen or name not in defs:
             continue
         seen.add(name)
+        local = {n.id for n in ast.walk(defs[name]) if isinstance(n, ast.Name)
+                 and isinstance(n.ctx, ast.Store)} | {a.arg for a in ast.walk(defs[name])
+                                                     if isinstance(a, ast.arg)}
         for node in ast.walk(defs[name]):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [
@@ -267,6 +270,8 @@ def reference_calls(source: str, function: str) -> list[str]:
             if dotted is None:
                 continue
             root, _, rest = dotted.partition(".")
+            if root in local:  # a local variable that happens to share a name
+                continue
             todo.append(root)
             full = origin.get(root, "") + ("." + rest if rest else "")
             if origin.get(root) and _is_reference(full):

@@ -128,6 +128,16 @@ def test_calling_the_reference_scores_zero_and_says_why(tmp_path, how):
     assert "write yourself" in message
 
 
+def test_a_local_variable_named_like_the_reference_is_not_a_call():
+    source = ("from labkit.dpo import dpo_loss\nimport torch.nn.functional as F\n\n"
+              "def compute_dpo_loss(pc, pr, rc, rr, beta=0.1):\n"
+              "    c, r = beta * (pc - rc), beta * (pr - rr)\n"
+              "    dpo_loss = -F.logsigmoid(c - r).mean()\n    return dpo_loss, c, r\n")
+    assert reference_calls(source, "compute_dpo_loss") == []
+    assert reference_calls(source.replace("    dpo_loss = ", "    x = dpo_loss(pc, pr, rc, rr) + "),
+                           "compute_dpo_loss") == ["labkit.dpo.dpo_loss"]
+
+
 def test_a_hidden_import_of_the_reference_is_blocked_at_run_time(tmp_path):
     """Not visible to the source check: the fork cannot import labkit.dpo or trl at all."""
     body = ("    import importlib\n    ref = importlib.import_module('labkit.' + 'dpo')\n"
