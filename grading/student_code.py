@@ -142,13 +142,17 @@ def _is_constant(node) -> bool:
 
 def make_cases(seed: int = 0) -> list[dict]:
     """Random summed log-probs (negative, like real ones), several batch sizes and betas;
-    `beta=None` calls the function without beta, to test its default of 0.1."""
+    `beta=None` calls the function without beta, to test its default of 0.1. The reference
+    stays within 8 nats of the policy, as in training, so that |margin| <= 32: every
+    correct way of writing the loss (log(sigmoid(x)) included) is exact in float32 there."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     cases = []
     for batch, beta in ((4, None), (7, 0.5), (1, 0.1), (16, 2.0)):
-        inputs = [(-(torch.rand(batch, generator=gen) * 40 + 1)).tolist() for _ in range(4)]
+        policy = [-(torch.rand(batch, generator=gen) * 40 + 10) for _ in range(2)]
+        ref = [p + (torch.rand(batch, generator=gen) * 2 - 1) * 8 for p in policy]
+        inputs = [t.tolist() for t in (policy[0], policy[1], ref[0], ref[1])]
         cases.append({"inputs": inputs, "beta": beta})
     return cases
 
