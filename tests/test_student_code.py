@@ -98,6 +98,8 @@ def test_each_classic_loss_mistake_fails_the_self_check_and_the_grader(tmp_path,
     path = loss_notebook(tmp_path, body)
     with pytest.raises(AssertionError, match=words):
         check_dpo_loss(own_function(path, "compute_dpo_loss"))
+    shown = check_dpo_loss(own_function(path, "compute_dpo_loss"), raise_error=False)
+    assert shown.startswith("NOT YET: ") and words in shown  # the notebook goes on
     ok, message = check_student_loss(path, run_local, tmp_path / "x", timeout=120)
     assert not ok and "differs from the reference" in message and words in message, message
 
