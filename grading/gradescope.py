@@ -205,7 +205,8 @@ def run(root: Path, python: str = sys.executable) -> int:
         cmd = [python, "-m", "grading", str(target), "--out", str(out),
                "--model", config["model"], "--timeout", str(config["timeout"]),
                "--cell-timeout", str(config["cell_timeout"]),
-               "--memory-gb", str(config["memory_gb"])]
+               "--memory-gb", str(config["memory_gb"]),
+               "--integrity-visibility", config.get("integrity_visibility", "visible")]
         try:
             proc = subprocess.run(cmd, cwd=root / "source", timeout=config["timeout"] + 900)
             produced = sorted(out.glob("*/results.json"))
@@ -327,11 +328,16 @@ def main(argv=None) -> int:
                         help="address-space limit of each kernel")
     parser.add_argument("--torch-index", default=TORCH_INDEX,
                         help="pip index for torch in setup.sh ('' for PyPI)")
+    parser.add_argument("--integrity-visibility", default="visible",
+                        choices=sorted(ENUMS["visibility"]),
+                        help="when students see the auto-grader-only (integrity) items: "
+                             "visible (default) or e.g. after_published")
     args = parser.parse_args(argv)
     if args.timeout <= 0 or args.cell_timeout <= 0 or args.memory_gb <= 0:
         parser.error("--timeout, --cell-timeout and --memory-gb must be positive")
     config = {"model": args.model, "timeout": args.timeout, "cell_timeout": args.cell_timeout,
-              "memory_gb": args.memory_gb, "torch": TORCH_CPU, "torch_index": args.torch_index}
+              "memory_gb": args.memory_gb, "torch": TORCH_CPU, "torch_index": args.torch_index,
+              "integrity_visibility": args.integrity_visibility}
     if args.theme:
         from labkit.themes import ThemeError, load_theme, theme_path
 

@@ -41,21 +41,28 @@ RUBRIC: tuple[Item, ...] = (
          "chosen differs from rejected, no duplicates"),
     Item(2, "no_heldout_leak", 10, "no pair uses one of the step-1 held prompts, nor a "
          "concept of step 4's held-out evaluation (the class theme's held-out pairs and judged prompts)"),
-    # Step 3: DPO training with TRL
-    Item(3, "trained", 4, "a DPOTrainer run was saved and logged at least 3 training steps"),
-    Item(3, "finite_losses", 3, "every logged loss is a finite number"),
-    Item(3, "health", 4, "the training-health verdict (recomputed from log_history) is neither "
-         "no_learning nor diverged"),
-    Item(3, "policy_changed", 4, "the saved policy's weights match their recorded sha256, "
+    # Step 3: DPO training with TRL. The two exercises weigh most: the code written from
+    # scratch (3.1 loss, 3.3 log-probs, and the loss agreeing with TRL's: 11 points) and the
+    # TRL run itself (3.2: trained and healthy, 9); the plumbing around them 5.
+    Item(3, "trained", 5, "Exercise 3.2: a DPOTrainer run was saved and logged at least 3 "
+         "training steps"),
+    Item(3, "finite_losses", 1, "every logged loss is a finite number"),
+    Item(3, "health", 4, "Exercise 3.2: the training-health verdict (recomputed from "
+         "log_history) is neither no_learning nor diverged"),
+    Item(3, "policy_changed", 2, "the saved policy's weights match their recorded sha256, "
          "differ from the base model's, and reproduce the recorded cross-check loss on the first "
          "batch of the saved pairs (difference <= 0.01 + 10%), below ln 2 - 0.01 with margin > 0"),
-    Item(3, "crosscheck", 4, "your compute_dpo_loss agrees with TRL's loss on the same pairs "
-         "and with TRL's first logged loss (|difference| < 1e-4)"),
-    Item(3, "log_consistent", 3, "the log matches the saved config and data: steps = "
+    Item(3, "crosscheck", 3, "your compute_dpo_loss agrees with TRL's loss on the same pairs "
+         "and with TRL's first logged loss (absolute difference < 1e-4)"),
+    Item(3, "log_consistent", 2, "the log matches the saved config and data: steps = "
          "ceil(pairs / batch) x epochs, learning_rate > 0, trained on the step-2 pairs, "
          "starting from the grader's base model", integrity=True),
-    Item(3, "student_loss", 3, "compute_dpo_loss, taken from notebook 3 alone, equals "
-         "labkit.dpo.dpo_loss on random tensors", integrity=True),
+    Item(3, "student_loss", 5, "Exercise 3.1: compute_dpo_loss, taken from notebook 3 alone, "
+         "equals labkit.dpo.dpo_loss on fresh random tensors; it must be written, not "
+         "imported (a call into labkit.dpo or TRL scores 0)", integrity=True),
+    Item(3, "student_logps", 3, "Exercise 3.3: compute_sequence_logps, taken from notebook 3 "
+         "alone, equals labkit's summed completion log-probs on fresh random logits (written, "
+         "not imported)", integrity=True),
     # Step 4: before / after
     Item(4, "same_prompts_spec", 5, "outputs before/after come from the step-1 prompts, "
          "outputs and GenerationSpec, unchanged"),
