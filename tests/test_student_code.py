@@ -4,7 +4,6 @@ mistakes fail both the in-notebook self-check and the grader, each with its hint
 reference earns nothing; and the result channel cannot be spoofed by the student's code."""
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
