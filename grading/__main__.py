@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from .results import feedback, gradebook_row, gradescope, write_gradebook
+from .results import VISIBILITIES, feedback, gradebook_row, gradescope, write_gradebook
 
 
 def parse_args(argv):
@@ -52,6 +52,9 @@ def parse_args(argv):
     parser.add_argument("--keep-work", type=Path, metavar="DIR",
                         help="put the sandboxes (work folders, executed run directories) in "
                              "DIR and keep them, for debugging")
+    parser.add_argument("--integrity-visibility", default="visible", choices=VISIBILITIES,
+                        help="Gradescope visibility of the auto-grader-only (integrity) items, "
+                             "e.g. after_published to show them with the published grades")
     args = parser.parse_args(argv)
     if Path(args.model).exists():  # a local model: kernels run elsewhere, so make it absolute
         args.model = str(Path(args.model).resolve())
@@ -81,6 +84,7 @@ def main(argv=None) -> int:
         return gradescope.main(argv[1:])
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("LABKIT_SKIP_OPTIONAL", "1")  # ungraded experiments: kernels skip them
     if args.no_namespaces:  # an env var, so that --jobs workers and the probe see it
         os.environ["LABKIT_GRADER_NO_NAMESPACES"] = "1"
     from labkit import runtime
@@ -144,7 +148,8 @@ def run_batch(args, opts) -> list[dict]:
             for n, (path, name) in enumerate(subs, 1):
                 rows.append(finish(args.out, name, path, n, total, lambda: autograde.
                                    grade_submission(path, name, opts, batch_root, args.out,
-                                                    f"[{n}/{total}]")))
+                                                    f"[{n}/{total}]"),
+                                   args.integrity_visibility))
             return rows
         import multiprocessing
 
@@ -156,7 +161,8 @@ def run_batch(args, opts) -> list[dict]:
                                     args.out, f"[{n}/{total}]")] = (n, path, name)
             for future in as_completed(futures):
                 n, path, name = futures[future]
-                rows.append(finish(args.out, name, path, n, total, future.result))
+                rows.append(finish(args.out, name, path, n, total, future.result,
+                                   args.integrity_visibility))
         return sorted(rows, key=lambda r: [name for _, name in subs].index(r["submission"]))
     finally:
         if args.keep_work:
@@ -167,7 +173,8 @@ def run_batch(args, opts) -> list[dict]:
             shutil.rmtree(batch_root, ignore_errors=True)
 
 
-def finish(out: Path, name: str, path: Path, n: int, total: int, get) -> dict:
+def finish(out: Path, name: str, path: Path, n: int, total: int, get,
+           integrity_visibility: str = "visible") -> dict:
     """Write one submission's results; a grader failure on it becomes its result."""
     try:
         record = get()
@@ -175,7 +182,7 @@ def finish(out: Path, name: str, path: Path, n: int, total: int, get) -> dict:
         record = {"name": name, "source": str(path), "steps": [], "runs": [],
                   "notes": [f"the grader failed on this submission: {type(exc).__name__}: {exc}"],
                   "isolation": "", "seconds": 0.0}
-    results = gradescope(record)
+    results = gradescope(record, integrity_visibility)
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

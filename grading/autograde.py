@@ -1,8 +1,8 @@
 """Grade one submission end to end: plan what to run, execute its notebooks in a sandbox,
 copy its artifacts out, and grade them in the grader's own process. Orchestration only:
 the jobs are grading.submission (find, plan, copy), grading.sandbox and grading.kernel (run
-untrusted notebooks), grading.student_code (compute_dpo_loss alone), grading.checks and
-grading.integrity (the grade).
+untrusted notebooks), grading.student_code and grading.student_logps (the exercises' code
+alone), grading.checks and grading.integrity (the grade).
 """
 from __future__ import annotations
 
@@ -51,18 +51,20 @@ def grade_submission(path, name: str, opts: Options, batch_root, out_dir, label=
     box = Sandbox(Path(batch_root) / name, opts.model, opts.limits,
                   (Path(batch_root), Path(out_dir), *opts.hide), opts.threads).create()
     runs: list[NotebookRun] = []
+    written: list[dict] = []  # the reflection answers, for a person to grade
     # the grader's side of the runtime policy: as many threads as each kernel gets, and
     # library logging off so that the progress lines stay readable
     with runtime.threads(opts.threads), runtime.quiet_libraries():
-        results, notes = _grade(path, opts, box, out, start, runs)
+        results, notes = _grade(path, opts, box, out, start, runs, written)
     isolation = box.isolation()
     box.release()
     return {"name": name, "source": str(path), "steps": [r.to_dict() for r in results],
             "runs": [r.__dict__ for r in runs], "notes": notes, "isolation": isolation,
-            "seconds": time.monotonic() - start}
+            "reflections": written, "seconds": time.monotonic() - start}
 
 
-def _grade(path: Path, opts: Options, box: Sandbox, out: Path, start: float, runs: list):
+def _grade(path: Path, opts: Options, box: Sandbox, out: Path, start: float, runs: list,
+           written: list):
     """Run (unless opts.execute is off) and grade: (step results, notes)."""
     try:
         if opts.execute:
@@ -73,6 +75,7 @@ def _grade(path: Path, opts: Options, box: Sandbox, out: Path, start: float, run
             run_dir = path / "run" if (path / "run").is_dir() else path
             notebooks, notes = find_notebooks(path) if path.is_dir() else ({}, [])
             graded = [1, 2, 3, 4]
+        written += _reflections([notebooks[s] for s in graded if s in notebooks], notes)
         try:
             with _time_limit(opts.limits.grading_timeout):
                 results = _check(run_dir, notebooks, graded, opts, box, notes)
@@ -128,7 +131,9 @@ def _check(run_dir, notebooks, graded, opts, box, notes):
     """The grade, computed here on a sanitised copy of the artifacts."""
     from .integrity import grade_run
     from .policy import base_model
+    from .results import scored
     from .student_code import check_student_loss
+    from .student_logps import check_student_logps
 
     base = base_model(opts.model)
     weights = sum(p.numel() * p.element_size() for p in base[0].parameters())
@@ -137,7 +142,13 @@ def _check(run_dir, notebooks, graded, opts, box, notes):
                                                       3 * weights + (64 << 20))]
     loss = (check_student_loss(notebooks[3], box.run_untrusted, box.root / "extract")
             if 3 in notebooks else (False, "notebook 3 is not in the submission"))
-    return [r for r in grade_run(graded_run, base, loss) if r.step in graded]
+    logps = (check_student_logps(notebooks[3], box.run_untrusted, box.root / "extract")
+             if 3 in notebooks else (False, "notebook 3 is not in the submission"))
+    results = [r for r in grade_run(graded_run, base, loss) if r.step in graded]
+    for result in (r for r in results if r.step == 3):  # exercise 3.3, next to 3.1
+        result.items = [i for i in result.items if i.name != "student_logps"]
+        result.add([scored(3, "student_logps", *logps)])
+    return results
 
 
 def _timed_out(graded, seconds):
@@ -190,3 +201,16 @@ def _hide_paths(box: Sandbox, results, notes: list, runs: list) -> None:
     notes[:] = [clean(n) for n in notes]
     for run in runs:
         run.message = clean(run.message)
+
+
+def _reflections(paths: list[Path], notes: list[str]) -> list[dict]:
+    """The submission's written answers (never the reference's: graded notebooks only)."""
+    from labkit.reflections import collect_all
+
+    rows = []
+    for path in paths:
+        try:
+            rows += collect_all([path])
+        except ValueError as exc:  # an unreadable notebook: its run says so too
+            notes.append(f"written answers not collected: {exc}")
+    return rows

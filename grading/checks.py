@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from labkit.steps import Step1Baseline, Step2Meta, Step3Training, Step4Report, sha256_of
+from labkit.steps import Step1Baseline, Step2Meta, Step3Training, sha256_of
 
-from . import rubric
+from . import bounds
+from .bounds import guarded
 from .results import CheckItem, CheckResult, all_failed, not_done, scored, step_result
 
 __all__ = ["CheckItem", "CheckResult", "check", "check_step1", "check_step2", "check_step3",
@@ -23,13 +24,19 @@ __all__ = ["CheckItem", "CheckResult", "check", "check_step1", "check_step2", "c
 
 # ----------------------------------------------------------------------------- helpers
 def load(cls, run: Path):
-    """(record, None) or (None, reason): a student's broken artifact is a message."""
+    """(record, None) or (None, reason): a student's broken artifact is a message. Size and
+    nesting depth are bounded before parsing (`bounds.json_problem`)."""
     from labkit.artifacts import ArtifactError
 
+    too_big = bounds.json_problem(cls.path(run))
+    if too_big:
+        return None, too_big
     try:
         return cls.load(run, strict=False), None
     except ArtifactError as exc:
         return None, str(exc)
+    except (RecursionError, MemoryError) as exc:
+        return None, f"{cls.FILE} cannot be read ({type(exc).__name__}); re-run its step"
 
 
 def as_dict(value) -> dict:
@@ -72,7 +79,9 @@ def check_step1(run_dir=None) -> CheckResult:
     n = len(prompts) if isinstance(prompts, list) and all(
         isinstance(p, str) and p.strip() for p in prompts) else 0
     return step_result(1, [scored(1, "baseline_saved", True, f"{Step1Baseline.FILE} found"),
-                           _model_and_spec(rec), _held_prompts(rec, n), _outputs(rec, n)])
+                           guarded(1, "model_and_spec", _model_and_spec, rec),
+                           guarded(1, "held_prompts", _held_prompts, rec, n),
+                           guarded(1, "outputs", _outputs, rec, n)])
 
 
 def _model_and_spec(rec: Step1Baseline) -> CheckItem:
@@ -88,17 +97,29 @@ def _model_and_spec(rec: Step1Baseline) -> CheckItem:
         spec = GenerationSpec.from_dict(as_dict(rec.generation_spec))
     except (TypeError, ValueError) as exc:
         return scored(1, "model_and_spec", False, f"generation_spec is not valid: {exc}")
+    too_much = bounds.spec_problems(rec.generation_spec)
+    if too_much:
+        return scored(1, "model_and_spec", False, "; ".join(too_much))
     return scored(1, "model_and_spec", True, f"made by {resolved!r} with {spec}")
 
 
 def _held_prompts(rec: Step1Baseline, n: int) -> CheckItem:
+    """At least 4 on-theme prompts and at least 1 far one (notebook 1's Exercise 1.1), each
+    with its kind, within the grader's limits."""
     kinds = rec.prompt_kinds
     kinds_ok = isinstance(kinds, list) and len(kinds) == n and all(
-        isinstance(k, str) for k in kinds) and set(kinds) <= {"theme", "far"}
-    problems = ([] if n >= 4 else ["at least 4 are needed"]) + (
-        [] if kinds_ok else ["prompt_kinds must say 'theme' or 'far' for each prompt"])
-    return scored(1, "held_prompts", not problems, f"{n} held prompts"
-                  + (": " + "; ".join(problems) if problems else ""))
+        isinstance(k, str) and k in ("theme", "far") for k in kinds)
+    counts = {k: kinds.count(k) for k in ("theme", "far")} if kinds_ok else {}
+    problems = [p for p in [bounds.prompts_problem(rec.prompts)] if p]
+    if not kinds_ok:
+        problems.append("prompt_kinds must say 'theme' or 'far' for each prompt")
+    elif counts["theme"] < 4 or counts["far"] < 1:
+        problems.append(f"{counts['theme']} on-theme and {counts['far']} far prompts: at least "
+                        "4 on-theme and 1 far are needed (theme_prompts and far_prompts)")
+    shown = f"{n} held prompts" + (f" ({counts['theme']} on-theme, {counts['far']} far)"
+                                   if counts else "")
+    return scored(1, "held_prompts", not problems,
+                  shown + (": " + "; ".join(problems) if problems else ""))
 
 
 def _outputs(rec: Step1Baseline, n: int) -> CheckItem:
@@ -117,11 +138,14 @@ def load_pairs(run: Path):
     from labkit.data import PreferenceDataError
 
     meta, err = load(Step2Meta, run)
+    too_big = bounds.json_problem(run / Step2Meta.PAIRS_FILE)
+    if too_big:
+        return None, None, meta, too_big
     try:
         rows, lines = Step2Meta.read_pairs(run)
     except FileNotFoundError:
         return None, None, meta, f"{Step2Meta.PAIRS_FILE} is missing"
-    except (PreferenceDataError, OSError, UnicodeDecodeError) as exc:
+    except (PreferenceDataError, OSError, UnicodeDecodeError, RecursionError) as exc:
         return None, None, meta, f"{Step2Meta.PAIRS_FILE} cannot be read: {exc}"
     return rows, lines, meta, err
 
@@ -134,7 +158,14 @@ def check_step2(run_dir=None) -> CheckResult:
     if not pairs_file.exists() and not Step2Meta.exists(run):
         return not_done(2, Step2Meta.PAIRS_FILE)
     rows, lines, meta, err = load_pairs(run)
-    if err is None and (meta.n_pairs != len(rows) or meta.pairs_sha256 != sha256_of(pairs_file)):
+    if rows is not None and len(rows) > bounds.MAX_PAIRS:
+        rows, err = None, (f"{len(rows)} pairs, over the grader's limit of {bounds.MAX_PAIRS}: "
+                           "nothing else was checked")
+    if err is None and meta.problems:
+        err = f"{Step2Meta.FILE}: " + "; ".join(f"field {k!r} {v}" for k, v in
+                                                 meta.problems.items())
+    elif err is None and (meta.n_pairs != len(rows)
+                          or meta.pairs_sha256 != sha256_of(pairs_file)):
         err = (f"{Step2Meta.FILE} does not describe {Step2Meta.PAIRS_FILE} (n_pairs "
                f"{meta.n_pairs} vs {len(rows)} rows, or another sha256): save both with the "
                "notebook's cell")
@@ -143,14 +174,20 @@ def check_step2(run_dir=None) -> CheckResult:
         return step_result(2, [saved] + [scored(2, n, False, "needs a readable "
                                                 + Step2Meta.PAIRS_FILE)
                                          for n in ("pairs_valid", "no_heldout_leak")])
-    problems = find_problems(rows, lines=lines)
-    valid = scored(2, "pairs_valid", not problems,
-                   _problem_text(problems) if problems else f"{len(rows)} valid pairs")
-    return step_result(2, [saved, valid, _leak_item(run, rows, lines, meta, problems)])
+    problems = []
+
+    def valid_item():
+        problems.extend(find_problems(rows, lines=lines))
+        return scored(2, "pairs_valid", not problems,
+                      _problem_text(problems) if problems else f"{len(rows)} valid pairs")
+    valid = guarded(2, "pairs_valid", valid_item)
+    return step_result(2, [saved, valid, guarded(2, "no_heldout_leak", _leak_item, run, rows,
+                                                 lines, meta, problems)])
 
 
 def _leak_item(run, rows, lines, meta, problems) -> CheckItem:
-    """labkit's own validation, with the step-1 prompts (and the meta's) as held-out."""
+    """labkit's own validation, with the step-1 prompts (and the meta's) as held-out, and no
+    pair on a concept step 4 keeps for its held-out evaluation."""
     from labkit.data import find_problems
 
     step1, _ = load(Step1Baseline, run)
@@ -160,9 +197,45 @@ def _leak_item(run, rows, lines, meta, problems) -> CheckItem:
     held = [p for p in _list(step1.prompts) + _list(getattr(meta, "heldout_prompts", None))
             if isinstance(p, str)]
     leaks = sorted(set(find_problems(rows, lines=lines, heldout_prompts=held)) - set(problems),
-                   key=lambda p: p.row or 0)
-    return scored(2, "no_heldout_leak", not leaks,
-                  _problem_text(leaks) if leaks else "no pair uses a held prompt")
+                   key=lambda p: p.row or 0) + heldout_concept_problems(rows, lines)
+    return scored(2, "no_heldout_leak", not leaks, _problem_text(leaks) if leaks else
+                  "no pair uses a held prompt or a held-out evaluation concept")
+
+
+def heldout_concepts(theme=None) -> list[str]:
+    """The concepts step 4 keeps for its held-out evaluation: the class theme's held-out
+    pairs and judged prompts ("Explain a mutex." -> "a mutex")."""
+    import re
+
+    from labkit.themes import load_theme
+
+    theme = theme or load_theme()
+    prompts = [*theme.heldout_prompts, *(theme.judge.prompts if theme.judge else ())]
+    concepts = (re.sub(r"^(explain|describe|what is|tell me about) ", "",
+                       " ".join(p.casefold().split()).rstrip(".?!:")) for p in prompts)
+    return list(dict.fromkeys(c for c in concepts if c))
+
+
+def heldout_concept_problems(rows, lines=None, theme=None) -> list:
+    """Pairs whose prompt names a concept of step 4's held-out evaluation (see
+    `heldout_concepts`): training on them would make "held-out" accuracy measure
+    memorisation."""
+    import re
+
+    from labkit.data import Problem
+
+    patterns = {c: re.compile(r"\b" + re.escape(re.sub(r"^(a|an|the) ", "", c)) + r"s?\b")
+                for c in heldout_concepts(theme)}
+    found = []
+    for i, row in enumerate(rows):
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        text = " ".join(prompt.casefold().split()) if isinstance(prompt, str) else ""
+        hits = [c for c, pattern in patterns.items() if pattern.search(text)]
+        if hits:
+            found.append(Problem(i + 1, "prompt", f"uses {hits[0]!r}, a concept step 4 keeps "
+                                 "for its held-out evaluation: choose another concept",
+                                 lines[i] if lines and i < len(lines) else None))
+    return found
 
 
 def _list(value) -> list:
@@ -194,8 +267,10 @@ def check_step3(run_dir=None, base=None) -> CheckResult:
                      + ("" if len(entries) >= 3 else " (at least 3: set logging_steps=1)")
                      + ("" if has_policy else f"; {Step3Training.POLICY_DIR}/ is missing: "
                         "save the policy"))
-    return step_result(3, [trained, _finite_losses(entries), _health(rec),
-                           policy_changed_item(run, rec, base), _crosscheck(rec, entries)])
+    return step_result(3, [trained, guarded(3, "finite_losses", _finite_losses, entries),
+                           guarded(3, "health", _health, rec),
+                           guarded(3, "policy_changed", policy_changed_item, run, rec, base),
+                           guarded(3, "crosscheck", _crosscheck, rec, entries)])
 
 
 def _finite_losses(entries: list[dict]) -> CheckItem:
@@ -241,61 +316,10 @@ def _crosscheck(rec: Step3Training, entries: list[dict]) -> CheckItem:
 
 # ----------------------------------------------------------------------------- step 4
 def check_step4(run_dir=None) -> CheckResult:
-    run, rec, early = _open(4, Step4Report, run_dir)
-    if early:
-        return early
-    step1, err1 = load(Step1Baseline, run)
-    return step_result(4, [_same_as_step1(rec, step1, err1), _same_policy(run, rec),
-                           _outputs_changed(rec), _metrics(rec, step1)])
+    """Step 4's items live in grading.step4 (with the direction check)."""
+    from .step4 import check_step4 as check
 
-
-def _same_as_step1(rec: Step4Report, step1, err1) -> CheckItem:
-    if step1 is None:
-        return scored(4, "same_prompts_spec", False, f"step 1 unreadable: {err1}")
-    differ = [k for k, v, v1 in (("prompts", rec.prompts, step1.prompts),
-                                 ("generation_spec", rec.generation_spec, step1.generation_spec),
-                                 ("outputs_before", rec.outputs_before, step1.outputs))
-              if v != v1]
-    return scored(4, "same_prompts_spec", not differ, "same prompts, outputs and GenerationSpec "
-                  "as step 1" if not differ else f"differs from step 1: {', '.join(differ)}; "
-                  "compare with the saved baseline, do not rebuild it")
-
-
-def _same_policy(run: Path, rec: Step4Report) -> CheckItem:
-    from labkit.artifacts import ArtifactError, weights_sha256
-
-    training, _ = load(Step3Training, run)
-    try:
-        actual = weights_sha256(run / Step3Training.POLICY_DIR)
-    except (ArtifactError, OSError):
-        actual = None
-    claimed = rec.policy_sha256
-    ok = bool(claimed) and claimed == actual == getattr(training, "policy_sha256", None)
-    return scored(4, "same_policy", ok, "the report is about the step-3 policy" if ok else
-                  "policy_sha256 differs from the saved step-3 policy: reload it from "
-                  f"{Step3Training.POLICY_DIR}/ and re-run")
-
-
-def _outputs_changed(rec: Step4Report) -> CheckItem:
-    before, after = rec.outputs_before, rec.outputs_after
-    if not (isinstance(before, list) and isinstance(after, list) and len(before) == len(after)):
-        return scored(4, "outputs_changed", False, "outputs_before/outputs_after are missing "
-                      "or of different lengths")
-    n = sum(b != a for b, a in zip(before, after))
-    return scored(4, "outputs_changed", n > 0, f"{n}/{len(after)} outputs changed" if n else
-                  "no output changed: the policy behaves like the base model")
-
-
-def _metrics(rec: Step4Report, step1) -> CheckItem:
-    metrics = as_dict(rec.metrics)
-    # judge_style only knows the teaching model's two styles: null is right for GPT-2
-    model = as_dict(getattr(step1, "model", None))
-    nullable = set() if model.get("is_teaching", True) else {"style_rate_before",
-                                                              "style_rate_after"}
-    missing = [k for k in rubric.METRIC_KEYS if not finite(metrics.get(k))
-               and not (k in nullable and k in metrics and metrics[k] is None)]
-    return scored(4, "metrics", not missing, f"missing or not finite: {', '.join(missing)}"
-                  if missing else "all metrics present")
+    return check(run_dir)
 
 
 CHECKS = {1: check_step1, 2: check_step2, 3: check_step3, 4: check_step4}

@@ -97,6 +97,9 @@ exec "$PY" -m grading.gradescope run --root "$ROOT"
 
 
 # ----------------------------------------------------------------------------- the zip
+THEME_FILE = "theme.toml"
+
+
 def build_zip(out: Path, config: dict, repo: Path = REPO) -> list[str]:
     """Write the autograder zip; returns its member names. Reproducible: sorted members,
     fixed timestamps, so the same source gives the same zip."""
@@ -105,6 +108,8 @@ def build_zip(out: Path, config: dict, repo: Path = REPO) -> list[str]:
                      .encode(), 0o755),
         "run_autograder": (RUN_AUTOGRADER.encode(), 0o755),
         CONFIG: ((json.dumps(config, indent=2) + "\n").encode(), 0o644)}
+    if config.get("theme_file"):  # an instructor's own theme, shipped beside the lab
+        members[THEME_FILE] = (Path(config["theme_file"]).read_bytes(), 0o644)
     for name in SHIPPED:
         path = repo / name
         if not path.exists():
@@ -192,11 +197,16 @@ def run(root: Path, python: str = sys.executable) -> int:
                 "files or in a zip.", time.monotonic() - start))
             return 0
         print(f"grading {target} with model {config['model']!r}", flush=True)
+        theme = str(root / "source" / THEME_FILE) if config.get("theme_file") else config.get(
+            "theme", "")
+        if theme:  # the grader passes LABKIT_* on to the kernels and its own checks
+            os.environ["LABKIT_THEME"] = theme
         out = Path(tmp) / "out"
         cmd = [python, "-m", "grading", str(target), "--out", str(out),
                "--model", config["model"], "--timeout", str(config["timeout"]),
                "--cell-timeout", str(config["cell_timeout"]),
-               "--memory-gb", str(config["memory_gb"])]
+               "--memory-gb", str(config["memory_gb"]),
+               "--integrity-visibility", config.get("integrity_visibility", "visible")]
         try:
             proc = subprocess.run(cmd, cwd=root / "source", timeout=config["timeout"] + 900)
             produced = sorted(out.glob("*/results.json"))
@@ -307,6 +317,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="the zip to write")
     parser.add_argument("--model", default=os.environ.get("LABKIT_MODEL") or "gpt2",
                         help="the model the class uses (LABKIT_MODEL; default gpt2)")
+    parser.add_argument("--theme", default=os.environ.get("LABKIT_THEME") or None,
+                        help="the class's preference theme: a shipped name or a .toml file "
+                             "(LABKIT_THEME; default: labkit's default theme)")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="seconds for one submission's notebooks, all together (keep it "
                              "under the assignment's autograder timeout)")
@@ -315,11 +328,26 @@ def main(argv=None) -> int:
                         help="address-space limit of each kernel")
     parser.add_argument("--torch-index", default=TORCH_INDEX,
                         help="pip index for torch in setup.sh ('' for PyPI)")
+    parser.add_argument("--integrity-visibility", default="visible",
+                        choices=sorted(ENUMS["visibility"]),
+                        help="when students see the auto-grader-only (integrity) items: "
+                             "visible (default) or e.g. after_published")
     args = parser.parse_args(argv)
     if args.timeout <= 0 or args.cell_timeout <= 0 or args.memory_gb <= 0:
         parser.error("--timeout, --cell-timeout and --memory-gb must be positive")
     config = {"model": args.model, "timeout": args.timeout, "cell_timeout": args.cell_timeout,
-              "memory_gb": args.memory_gb, "torch": TORCH_CPU, "torch_index": args.torch_index}
+              "memory_gb": args.memory_gb, "torch": TORCH_CPU, "torch_index": args.torch_index,
+              "integrity_visibility": args.integrity_visibility}
+    if args.theme:
+        from labkit.themes import ThemeError, load_theme, theme_path
+
+        try:  # a broken theme file fails here, at the instructor's desk, not per submission
+            theme = load_theme(args.theme)
+        except ThemeError as exc:
+            parser.error(str(exc))
+        shipped = theme_path(args.theme).resolve().parent == REPO / "labkit" / "themes"
+        config.update(theme=theme.name, theme_file=None if shipped else
+                      str(theme_path(args.theme).resolve()))
     try:
         members = build_zip(args.out, config)
     except OSError as exc:

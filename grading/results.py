@@ -129,35 +129,77 @@ def not_done(step: int, missing: str) -> CheckResult:
 
 
 # ----------------------------------------------------------------------------- rendering
-def gradescope(record: dict) -> dict:
-    """Gradescope's results.json: one test per rubric item, plus the notebook runs."""
+VISIBILITIES = ("visible", "after_published", "after_due_date", "hidden")  # Gradescope's
+# internal placeholders that must never reach a student (plain text wherever shown)
+PLACEHOLDERS = {"<work>": "the submission's work folder"}
+
+
+def plain(text: str) -> str:
+    """`text` without internal placeholders (a Markdown or HTML view would swallow them)."""
+    for placeholder, words in PLACEHOLDERS.items():
+        text = text.replace(placeholder, words)
+    return text
+
+
+def gradescope(record: dict, integrity_visibility: str = "visible",
+               reflections_visibility: str = "hidden") -> dict:
+    """Gradescope's results.json: one test per rubric item, plus the notebook runs and the
+    written answers (0 points, for a person to grade). `integrity_visibility`
+    ("after_published": shown with the published grades) applies to the auto-grader-only
+    items; all output is plain text."""
+    for name, value in (("integrity_visibility", integrity_visibility),
+                        ("reflections_visibility", reflections_visibility)):
+        if value not in VISIBILITIES:
+            raise ValueError(f"{name} must be one of {', '.join(VISIBILITIES)}, not {value!r}")
     tests = []
     for step in record["steps"]:
         for n, item in enumerate(step["items"], 1):
             tests.append({"name": f"Step {step['step']} ({step['title']}): {item['name']}",
                           "number": f"{step['step']}.{n}", "score": item["earned"],
-                          "max_score": item["points"], "visibility": "visible",
+                          "max_score": item["points"], "output_format": "text",
+                          "visibility": (integrity_visibility if item.get("integrity")
+                                         else "visible"),
                           "status": "passed" if item["passed"] else "failed",
-                          "output": item["message"]})
+                          "output": plain(item["message"])})
     for run in record["runs"]:
         tests.append({"name": f"Run {run['notebook']}", "score": 0, "max_score": 0,
-                      "visibility": "visible",
+                      "visibility": "visible", "output_format": "text",
                       "status": "passed" if run["status"] == "ok" else "failed",
-                      "output": f"{run['status']}: {run['message'] or 'ran to the end'} "
-                                f"({run['seconds']:.1f} s)"})
+                      "output": plain(f"{run['status']}: {run['message'] or 'ran to the end'} "
+                                      f"({run['seconds']:.1f} s)")})
+    tests += [{**t, "number": f"5.{n}", "output_format": "text"} for n, t in
+              enumerate(_reflection_tests(record, reflections_visibility), 1)]
     graded = [s["step"] for s in record["steps"]] or [1, 2, 3, 4]
     return {"score": sum(s["score"] for s in record["steps"]),
             "max_score": sum(rubric.max_points(s) for s in graded),
-            "execution_time": round(record["seconds"], 1), "output": summary(record),
+            "execution_time": round(record["seconds"], 1),
+            "output": summary(record, shown_now=integrity_visibility == "visible"),
+            "output_format": "text", "test_output_format": "text",
             "visibility": "visible", "stdout_visibility": "hidden", "tests": tests}
 
 
-def summary(record: dict) -> str:
-    lines = [f"{s['title']}: {s['status']} ({s['score']:g}/{s['max_score']:g})"
-             for s in record["steps"]]
+def _reflection_tests(record: dict, visibility: str) -> list[dict]:
+    from labkit.reflections import gradescope_tests
+
+    return gradescope_tests(record.get("reflections") or [], visibility)
+
+
+def summary(record: dict, shown_now: bool = True) -> str:
+    """Per-step scores; when the integrity items are shown later (`shown_now` False), only
+    the points of the items shown now, so the summary does not give them away."""
+    lines = []
+    for s in record["steps"]:
+        if shown_now:
+            lines.append(f"{s['title']}: {s['status']} ({s['score']:g}/{s['max_score']:g})")
+            continue
+        shown = [i for i in s["items"] if not i.get("integrity")]
+        lines.append(f"{s['title']}: {sum(i['earned'] for i in shown):g}/"
+                     f"{sum(i['points'] for i in shown):g} on the checks shown now")
+    if not shown_now:
+        lines.append("The auto-grader's integrity checks are shown when grades are published.")
     lines += [f"{r['notebook']}: {r['status']} {r['message']}".rstrip() for r in record["runs"]
               if r["status"] != "ok"]
-    return "\n".join(lines + record["notes"])
+    return plain("\n".join(lines + record["notes"]))
 
 
 def feedback(record: dict) -> str:
@@ -168,20 +210,25 @@ def feedback(record: dict) -> str:
                   "| | check | points | details |", "|---|---|---|---|"]
         lines += [f"| {'pass' if i['passed'] else 'FAIL'} | {i['name']} | {i['earned']:g}/"
                   f"{i['points']:g} | {_cell(i['message'])} |" for i in step["items"]]
-        lines += [""] + [f"Hint: {h}" for h in step["hints"]] + [""]
+        lines += [""] + [f"Hint: {plain(h)}" for h in step["hints"]] + [""]
     if record["runs"]:
         lines += ["## Notebook runs", ""] + [
-            f"- {r['notebook']}: {r['status']} ({r['seconds']:.1f} s) {r['message']}".rstrip()
-            for r in record["runs"]] + [""]
+            f"- {r['notebook']}: {r['status']} ({r['seconds']:.1f} s) {plain(r['message'])}"
+            .rstrip() for r in record["runs"]] + [""]
+    if record.get("reflections"):
+        from labkit.reflections import answers_markdown
+
+        lines += ["## Written answers (read by your instructor; no automatic points)", "",
+                  answers_markdown(record["reflections"])]
     if record["notes"]:
-        lines += ["## Notes", ""] + [f"- {n}" for n in record["notes"]] + [""]
+        lines += ["## Notes", ""] + [f"- {plain(n)}" for n in record["notes"]] + [""]
     lines += [f"Isolation: {record['isolation'] or 'n/a'}", ""]
     return "\n".join(lines)
 
 
 def _cell(text: str) -> str:
-    """Text safe inside a Markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text safe inside a Markdown table cell (or line), without placeholders."""
+    return plain(text).replace("|", "\\|").replace("\n", " ")
 
 
 def gradebook_row(record: dict, results: dict) -> dict:

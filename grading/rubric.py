@@ -3,7 +3,7 @@
 Checks (grading.checks) and the auto-grader look points and descriptions up here, so the
 rubric an instructor reads is exactly the one that is scored. Items marked `integrity` are
 recomputations only the auto-grader runs (they need the notebook file, the grader's own copy
-of the base model, or regeneration); `grading.check(N)` in a notebook lists them but does
+of the base model, or teacher-forced verification); `grading.check(N)` in a notebook lists them but does
 not score them. Each step is worth 25 points in the auto-grader, 100 in all.
 """
 from __future__ import annotations
@@ -25,40 +25,57 @@ class Item:
 RUBRIC: tuple[Item, ...] = (
     # Step 1: the baseline, captured before any training
     Item(1, "baseline_saved", 5, "step1_baseline.json exists and is a readable step-1 artifact"),
-    Item(1, "model_and_spec", 5, "it records the model that made it and a valid GenerationSpec"),
-    Item(1, "held_prompts", 5, "at least 4 held prompts, each with its kind (theme/far)"),
+    Item(1, "model_and_spec", 5, "it records the model that made it and a valid GenerationSpec "
+         "(max_new_tokens <= 256, num_samples <= 16, batch_size <= 64)"),
+    Item(1, "held_prompts", 5, "at least 4 on-theme and 1 far held prompts, each with its "
+         "kind (theme/far); at most 32, each under 2000 characters"),
     Item(1, "outputs", 5, "one non-empty output per prompt"),
-    Item(1, "baseline_reproduces", 5, "the base model regenerates exactly these outputs "
-         "with the recorded GenerationSpec", integrity=True),
+    Item(1, "baseline_reproduces", 5, "the base model produces these outputs with the recorded "
+         "GenerationSpec: teacher-forced, each recorded token the top choice within "
+         "labkit.verify's tolerance (device/dtype independent); recorded ids decode to the text",
+         integrity=True),
     # Step 2: preference pairs
     Item(2, "pairs_saved", 5, "step2_preferences.jsonl and step2_meta.json exist and agree "
          "(pair count, sha256 of the JSONL)"),
     Item(2, "pairs_valid", 10, "at least 8 valid pairs: every field a non-empty string, "
          "chosen differs from rejected, no duplicates"),
-    Item(2, "no_heldout_leak", 10, "no pair uses one of the step-1 held prompts"),
-    # Step 3: DPO training with TRL
-    Item(3, "trained", 4, "a DPOTrainer run was saved and logged at least 3 training steps"),
-    Item(3, "finite_losses", 3, "every logged loss is a finite number"),
-    Item(3, "health", 4, "the training-health verdict (recomputed from log_history) is neither "
-         "no_learning nor diverged"),
-    Item(3, "policy_changed", 4, "the saved policy's weights match their recorded sha256 and "
-         "differ from the base model's"),
-    Item(3, "crosscheck", 4, "your compute_dpo_loss agrees with TRL's loss on the same pairs "
-         "and with TRL's first logged loss (|difference| < 1e-4)"),
-    Item(3, "log_consistent", 3, "the log matches the saved config and data: steps = "
+    Item(2, "no_heldout_leak", 10, "no pair uses one of the step-1 held prompts, nor a "
+         "concept of step 4's held-out evaluation (the class theme's held-out pairs and judged prompts)"),
+    # Step 3: DPO training with TRL. The two exercises weigh most: the code written from
+    # scratch (3.1 loss, 3.3 log-probs, and the loss agreeing with TRL's: 11 points) and the
+    # TRL run itself (3.2: trained and healthy, 9); the plumbing around them 5.
+    Item(3, "trained", 5, "Exercise 3.2: a DPOTrainer run was saved and logged at least 3 "
+         "training steps"),
+    Item(3, "finite_losses", 1, "every logged loss is a finite number"),
+    Item(3, "health", 4, "Exercise 3.2: the training-health verdict (recomputed from "
+         "log_history) is neither no_learning nor diverged"),
+    Item(3, "policy_changed", 2, "the saved policy's weights match their recorded sha256, "
+         "differ from the base model's, and reproduce the recorded cross-check loss on the first "
+         "batch of the saved pairs (difference <= 0.01 + 10%), below ln 2 - 0.01 with margin > 0"),
+    Item(3, "crosscheck", 3, "your compute_dpo_loss agrees with TRL's loss on the same pairs "
+         "and with TRL's first logged loss (absolute difference < 1e-4)"),
+    Item(3, "log_consistent", 2, "the log matches the saved config and data: steps = "
          "ceil(pairs / batch) x epochs, learning_rate > 0, trained on the step-2 pairs, "
          "starting from the grader's base model", integrity=True),
-    Item(3, "student_loss", 3, "compute_dpo_loss, taken from notebook 3 alone, equals "
-         "labkit.dpo.dpo_loss on random tensors", integrity=True),
+    Item(3, "student_loss", 5, "Exercise 3.1: compute_dpo_loss, taken from notebook 3 alone, "
+         "equals labkit.dpo.dpo_loss on fresh random tensors; it must be written, not "
+         "imported (a call into labkit.dpo or TRL scores 0)", integrity=True),
+    Item(3, "student_logps", 3, "Exercise 3.3: compute_sequence_logps, taken from notebook 3 "
+         "alone, equals labkit's summed completion log-probs on fresh random logits (written, "
+         "not imported)", integrity=True),
     # Step 4: before / after
     Item(4, "same_prompts_spec", 5, "outputs before/after come from the step-1 prompts, "
          "outputs and GenerationSpec, unchanged"),
     Item(4, "same_policy", 4, "the report names the step-3 policy (same weights sha256)"),
-    Item(4, "outputs_changed", 4, "at least one output changed after training"),
-    Item(4, "metrics", 5, "the report holds every metric, each a finite number (style rates "
+    Item(4, "outputs_changed", 3, "at least one output changed after training"),
+    Item(4, "metrics", 4, "the report holds every metric, each a finite number (style rates "
          "may be null for a model other than the teaching model)"),
-    Item(4, "outputs_reproduce", 7, "the saved policy regenerates exactly the reported "
-         "outputs_after with the step-1 GenerationSpec", integrity=True),
+    Item(4, "moved_toward_preference", 2, "where a style judge exists (the teaching model), "
+         "the preferred style's rate rose (style_rate_after > style_rate_before) and the pairs "
+         "are not chosen/rejected-swapped against the preference; elsewhere not applicable "
+         "(full points)"),
+    Item(4, "outputs_reproduce", 7, "the saved policy produces the reported outputs_after with "
+         "the step-1 GenerationSpec (teacher-forced, as baseline_reproduces)", integrity=True),
 )
 
 STEP_TITLES = {1: "Baseline", 2: "Preference pairs", 3: "DPO training", 4: "Before and after"}

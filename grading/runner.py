@@ -18,6 +18,7 @@ from pathlib import Path
 from labkit import artifacts
 from labkit.release import NOTEBOOKS_DIR
 from labkit.steps import Step1Baseline, Step2Meta, Step3Training, Step4Report
+from labkit.themes import THEMES_DIR, load_theme
 
 from . import checks
 from .kernel import execute_notebook
@@ -46,7 +47,9 @@ def key_figure(step: int, run_dir: Path) -> str:
         m = Step4Report.load(run_dir).metrics
         text = f"{m['changed_outputs']}/{m['held_prompts']} held outputs changed"
         if m.get("style_rate_before") is not None:
-            text += f", plain style {m['style_rate_before']:.2f} -> {m['style_rate_after']:.2f}"
+            judge = load_theme().judge
+            text += (f", {judge.preferred if judge else 'preferred'} style "
+                     f"{m['style_rate_before']:.2f} -> {m['style_rate_after']:.2f}")
         return text
     except (artifacts.ArtifactError, KeyError, IndexError, TypeError) as exc:
         return f"(no artifact: {exc})"[:80]
@@ -66,8 +69,15 @@ def quiet_progress_bars() -> None:
 
 
 def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
-            notebooks_dir: Path = NOTEBOOKS_DIR) -> dict:
-    """Execute the four notebooks, grade each step, write `run_dir/report.json`."""
+            notebooks_dir: Path = NOTEBOOKS_DIR, theme: str | None = None) -> dict:
+    """Execute the four notebooks, grade each step, write `run_dir/report.json`.
+    `theme` (else `LABKIT_THEME`) is checked first, then passed to the kernels."""
+    if theme:
+        os.environ["LABKIT_THEME"] = theme
+    theme_used = load_theme()  # a bad theme file fails here, before any notebook runs
+    if theme_used.path.parent != THEMES_DIR:  # a file of the instructor's: kernels' cwd differs
+        os.environ["LABKIT_THEME"] = str(theme_used.path.resolve())
+    print(f"theme: {theme_used.name} - {theme_used.title}", flush=True)
     quiet_progress_bars()
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -94,6 +104,7 @@ def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
               f"in {seconds:.1f} s - {steps[-1]['key_figure']}"
               + (f"\n      error: {error}" if error else ""), flush=True)
     report = _report(run_dir, steps, time.perf_counter() - start)
+    report["theme"] = theme_used.name
     artifacts.save_json(run_dir / "report.json", report, kind="lab_report")
     print_summary(report)
     return report
@@ -123,6 +134,8 @@ def print_summary(report: dict) -> None:
     if model:
         note = " (offline fallback)" if model.get("fell_back") else ""
         print(f"model: {model.get('resolved')}{note}")
+    if report.get("theme"):
+        print(f"theme: {report['theme']}")
     print(f"total: {report['total_seconds']:.1f} s - "
           f"{'all four checks pass' if report['passed'] else 'some checks FAILED'}")
     print(json.dumps(report["metrics"], indent=1) if report["metrics"] else "no step-4 metrics")
@@ -135,9 +148,11 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", help="where artifacts go (default: $LABKIT_RUN_DIR or "
                         "runs/default)")
     parser.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell")
+    parser.add_argument("--theme", help="a theme name or .toml path (default: $LABKIT_THEME "
+                        "or plain); labkit/themes/ lists the shipped ones")
     args = parser.parse_args(argv)
     report = run_lab(artifacts.run_dir(args.run_dir), model=args.model,
-                     cell_timeout=args.cell_timeout)
+                     cell_timeout=args.cell_timeout, theme=args.theme)
     return 0 if report["passed"] else 1
 
 

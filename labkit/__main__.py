@@ -38,6 +38,7 @@ def _run(args) -> int:
     argv = [sys.executable, "-m", "grading.runner", "--cell-timeout", str(args.cell_timeout)]
     argv += ["--model", args.model] if args.model else []
     argv += ["--run-dir", args.run_dir] if args.run_dir else []
+    argv += ["--theme", args.theme] if args.theme else []  # else LABKIT_THEME passes through
     return subprocess.call(argv)
 
 
@@ -65,6 +66,7 @@ def main(argv=None) -> int:
     run.add_argument("--model", help="gpt2 (default), teaching, a hub id or a local path")
     run.add_argument("--run-dir", help="where artifacts go (default: $LABKIT_RUN_DIR or runs/default)")
     run.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell")
+    run.add_argument("--theme", help="theme name or .toml path (default: $LABKIT_THEME or plain)")
     run.set_defaults(func=_run)
     rel = sub.add_parser("release", help="write the student version of the notebooks")
     rel.add_argument("--out", required=True, help="output directory")

@@ -1,7 +1,7 @@
 """Configuration dataclasses: which model, where artifacts go, how to decode.
 
 Every knob a student or CI may want to change lives here, with the environment overrides
-(`LABKIT_MODEL`, `LABKIT_RUN_DIR`, `LABKIT_STRICT_MODEL`) read in exactly one place.
+(`LABKIT_MODEL`, `LABKIT_RUN_DIR`, `LABKIT_STRICT_MODEL`, `LABKIT_SKIP_OPTIONAL`) read in exactly one place.
 """
 from __future__ import annotations
 
@@ -74,6 +74,8 @@ class LabConfig:
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu' or 'cuda'."})
     strict_model: bool = field(default=False,
                                metadata={"help": "Error instead of falling back offline."})
+    skip_optional: bool = field(default=False, metadata={
+        "help": "Skip the optional experiments (LABKIT_SKIP_OPTIONAL; the grader sets it)."})
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir)
@@ -87,6 +89,7 @@ class LabConfig:
             "model": os.environ.get("LABKIT_MODEL") or DEFAULT_MODEL,
             "run_dir": Path(os.environ.get("LABKIT_RUN_DIR") or DEFAULT_RUN_DIR),
             "strict_model": env_flag("LABKIT_STRICT_MODEL"),
+            "skip_optional": env_flag("LABKIT_SKIP_OPTIONAL"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

