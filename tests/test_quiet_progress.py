@@ -36,7 +36,7 @@ LOAD_TINY_MODEL = textwrap.dedent("""
     import sys, tempfile
     from transformers import GPT2Config, GPT2LMHeadModel
     if sys.argv[1] == "quiet":
-        from labkit.runner import quiet_progress_bars
+        from grading.runner import quiet_progress_bars
         quiet_progress_bars()
     config = GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=16, vocab_size=32)
     with tempfile.TemporaryDirectory() as out:
@@ -100,9 +100,10 @@ def test_teaching_model_build_shows_a_progress_bar_only_when_asked(tmp_path, mon
 
 
 TRAINING_BAR = textwrap.dedent("""
-    import tempfile
-    from labkit.session import quiet_libraries
-    quiet_libraries()
+    import os, tempfile
+    os.environ["LABKIT_RUN_DIR"] = tempfile.mkdtemp()
+    from labkit import session
+    session.start(step=3)   # the notebooks' first cell: the lab's runtime policy
     from trl import DPOConfig
     print("disable_tqdm", DPOConfig(output_dir=tempfile.mkdtemp(), bf16=False).disable_tqdm)
 """)
@@ -110,7 +111,7 @@ TRAINING_BAR = textwrap.dedent("""
 
 @pytest.mark.slow  # a fresh interpreter importing TRL
 def test_notebooks_quiet_libraries_but_keep_the_training_progress_bar():
-    """`session.start` silences library logs; TRL must still draw its training bar, as
+    """`session.start` (runtime.quiet_libraries) silences library logs; TRL must still draw its training bar, as
     notebook 3 builds DPOConfig without disable_tqdm (the browser test sees the bar)."""
     proc = subprocess.run([sys.executable, "-c", TRAINING_BAR], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env={**_env(), "PYTHONPATH": str(ROOT)})
