@@ -40,7 +40,8 @@ RUBRIC: tuple[Item, ...] = (
     Item(2, "pairs_valid", 10, "at least 8 valid pairs: every field a non-empty string, "
          "chosen differs from rejected, no duplicates"),
     Item(2, "no_heldout_leak", 10, "no pair uses one of the step-1 held prompts, nor a "
-         "concept of step 4's held-out evaluation (the class theme's held-out pairs and judged prompts)"),
+         "concept of step 4's held-out evaluation (the class theme's held-out pairs and "
+         "judged prompts)"),
     # Step 3: DPO training with TRL. The two exercises weigh most: the code written from
     # scratch (3.1 loss, 3.3 log-probs, and the loss agreeing with TRL's: 11 points) and the
     # TRL run itself (3.2: trained and healthy, 9); the plumbing around them 5.
