@@ -34,6 +34,14 @@ def parse_args(argv):
     parser.add_argument("--cell-timeout", type=float, default=300, help="seconds per cell")
     parser.add_argument("--memory-gb", type=float, default=16,
                         help="address-space limit of each kernel (torch reserves a lot)")
+    parser.add_argument("--disk-gb", type=float, default=10,
+                        help="what one submission's work folder may hold (checked after each "
+                             "notebook; each file is also limited to 4 GB)")
+    parser.add_argument("--processes", type=int, default=512,
+                        help="processes and threads one submission's kernel may run at once")
+    parser.add_argument("--grading-timeout", type=float, default=900,
+                        help="seconds for the grader's own checks and recomputation of one "
+                             "submission (after its notebooks ran)")
     parser.add_argument("--no-execute", action="store_true",
                         help="grade existing run directories without running notebooks")
     parser.add_argument("--model", default=os.environ.get("LABKIT_MODEL") or "gpt2",
@@ -50,8 +58,10 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if Path(args.model).exists():  # a local model: kernels run elsewhere, so make it absolute
         args.model = str(Path(args.model).resolve())
-    if args.jobs < 1 or args.timeout <= 0 or args.cell_timeout <= 0:
-        parser.error("--jobs, --timeout and --cell-timeout must be positive")
+    if min(args.jobs, args.timeout, args.cell_timeout, args.disk_gb, args.processes,
+           args.grading_timeout) <= 0:
+        parser.error("--jobs, --timeout, --cell-timeout, --disk-gb, --processes and "
+                     "--grading-timeout must be positive")
     return args
 
 
@@ -94,7 +104,9 @@ def _main(args) -> int:
         return 2
     opts = autograde.Options(
         model=args.model, execute=not args.no_execute,
-        limits=autograde.Limits(args.cell_timeout, args.timeout, args.memory_gb),
+        limits=autograde.Limits(args.cell_timeout, args.timeout, args.memory_gb,
+                                disk_gb=args.disk_gb, processes=args.processes,
+                                grading_timeout=args.grading_timeout),
         hide=tuple(p.resolve().parent for p in args.submissions), keep_work=bool(args.keep_work),
         threads=max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
     print(f"grading {len(args.submissions)} submission(s) with {model!r}, "

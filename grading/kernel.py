@@ -43,8 +43,11 @@ def execute_notebook(path: Path, step: int, *, cell_timeout: float, deadline: fl
     if deadline - start < 1:
         return NotebookRun(step, path.name, "timeout", "the submission's total time limit "
                            "was used up before this notebook started")
-    hit_deadline, kernel = [], []
+    hit_deadline, kernel, running = [], [], []
     km = _sandboxed_kernel(box, step) if box else None
+
+    def started(cell, cell_index, **_):  # the cell now running, whatever counts it holds
+        running[:] = [cell_index]
 
     def timeout_for(cell) -> int:
         if km is not None and not kernel and getattr(km, "provisioner", None) is not None:
@@ -58,6 +61,7 @@ def execute_notebook(path: Path, step: int, *, cell_timeout: float, deadline: fl
     options = dict(km=km) if km else dict(kernel_name="python3", extra_arguments=[
         "--IPKernelApp.log_level=ERROR"])
     client = NotebookClient(nb, timeout_func=timeout_for, shutdown_kernel="immediate",
+                            on_cell_execute=started,
                             startup_timeout=120, resources={"metadata": {"path": str(path.parent)}},
                             **options)
     log = open(box.root / f"kernel-{step}.log", "ab") if box else None
@@ -66,15 +70,14 @@ def execute_notebook(path: Path, step: int, *, cell_timeout: float, deadline: fl
         run = NotebookRun(step, path.name, "ok")
     except CellTimeoutError:
         limit = "total" if hit_deadline else f"{cell_timeout:g} s per-cell"
-        run = NotebookRun(step, path.name, "timeout", f"a cell ({_where(nb)}) ran past the "
-                          f"{limit} time limit and was stopped")
+        run = NotebookRun(step, path.name, "timeout", f"a cell ({_where(nb, running)}) ran "
+                          f"past the {limit} time limit and was stopped")
     except DeadKernelError:
-        memory = f" (limit {box.limits.memory_gb:g} GB)" if box else ""
-        run = NotebookRun(step, path.name, "died", f"the kernel died ({_where(nb)}): out of "
-                          f"memory{memory} or it exited")
+        run = NotebookRun(step, path.name, "died", f"the kernel stopped while "
+                          f"{_where(nb, running)} was running: {_death(kernel, box)}")
     except CellExecutionError as exc:
-        run = NotebookRun(step, path.name, "error", f"stopped with an error ({_where(nb)}): "
-                          f"{_error_line(exc)}")
+        run = NotebookRun(step, path.name, "error", f"stopped with an error "
+                          f"({_where(nb, running)}): {_error_line(exc)}")
     except Exception as exc:  # kernel failed to start, etc.: report, never crash
         run = NotebookRun(step, path.name, "error", f"could not run: {type(exc).__name__}: "
                           f"{str(exc)[:300]}")
@@ -109,11 +112,40 @@ def _sandboxed_kernel(box: Sandbox, step: int):
     return km
 
 
-def _where(nb) -> str:
-    """'cell N' of the last code cell that started running."""
-    ran = [i for i, c in enumerate(nb.cells, 1) if c.cell_type == "code"
-           and c.get("execution_count") is not None]
-    return f"cell {ran[-1]}" if ran else "the first cell"
+def _where(nb, running: list[int]) -> str:
+    """'cell N' (counting every cell from 1) of the cell that was running."""
+    if running:
+        return f"cell {running[0] + 1}"
+    return "the first cell"
+
+
+def _death(kernel: list, box: Sandbox | None) -> str:
+    """What is known of how the kernel process ended: signal, exit code, the limits."""
+    import signal
+
+    process = next((p for p in kernel if p is not None), None)
+    code = None
+    if process is not None:
+        try:
+            code = process.wait(timeout=5)
+        except Exception:  # still there: it is killed in `finally`
+            code = None
+    memory = f"the {box.limits.memory_gb:g} GB memory limit" if box else "the memory limit"
+    if code is None:
+        return f"the kernel stopped answering (the cause is not known; {memory} is one)"
+    if code < 0 or code > 128:
+        number = -code if code < 0 else code - 128
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        cause = {"SIGKILL": f"killed: most often the machine's out-of-memory killer or {memory}",
+                 "SIGSEGV": f"a crash, often an allocation refused by {memory}",
+                 "SIGABRT": f"aborted, often an allocation refused by {memory}",
+                 "SIGXFSZ": "a file grew past the file-size limit"}.get(name, "")
+        return f"ended by {name} ({number})" + (f" - {cause}" if cause else "")
+    return (f"the kernel process exited with code {code} (e.g. sys.exit() or os._exit() in "
+            "the notebook, or a crash)")
 
 
 def _error_line(exc) -> str:

@@ -1,13 +1,15 @@
 """The sandbox an untrusted notebook runs in: a fresh work directory, a scrubbed
 environment, resource limits and, where Linux user namespaces work (`unshare`), no network,
-its own PID namespace and a read-only filesystem except its work directory.
+its own PID namespace and a filesystem built by allow-list.
 
-Each kernel starts with a scrubbed environment (PATH, LANG, LABKIT_*, offline flags; HOME,
-cwd and TMPDIR inside the submission's fresh work directory), an address-space and a
-file-size limit. With namespaces (sandbox.sh, next to this file), the grader's home, output,
-other submissions and the repository (solution notebooks; only labkit/ and grading/ stay)
-are hidden behind empty tmpfs, and every mount is read-only except the work directory.
-Kernels talk to the grader over Unix sockets (ipc transport), which need no network.
+Each kernel starts with a scrubbed environment (PATH, LANG, LABKIT_*, offline flags; HOME and
+TMPDIR inside the submission's fresh work directory, cwd its writable copy of the
+submission), limits on address space, file size and process count. With namespaces
+(sandbox.sh, next to this file) the kernel's root is a new, empty tmpfs holding only the
+system directories, the project's code (labkit/, grading/; not the solution notebooks),
+the venv and Python, the model caches (all read-only), a private /tmp, and its own work
+directory (writable): nothing else of the host's filesystem exists for it. Kernels talk to
+the grader over Unix sockets in the work directory (ipc transport), which need no network.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ SYSTEM_DIRS = {"/", "/usr", "/bin", "/lib", "/lib64", "/etc", "/sbin", "/proc", 
 
 SCRIPT = Path(__file__).resolve().with_name("sandbox.sh")  # the namespace half
 LIMITS_SCRIPT = 'ulimit -v {mem_kb}; ulimit -f {fsize_kb}; exec "$@"\n'
+JOIN_CGROUP = 'echo $$ > "$0/cgroup.procs" && exec "$@"'  # then exec the rest of argv
 UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--fork",
            "--kill-child", "--mount-proc"]
 
@@ -38,6 +41,11 @@ class Limits:
     total_timeout: float = 1800.0
     memory_gb: float = 16.0
     file_gb: float = 4.0
+    disk_gb: float = 10.0       # the whole work folder, checked after each notebook
+    processes: int = 512        # processes and threads of one submission's kernels
+    grading_timeout: float = 900.0  # the grader's checks and recomputation, per submission
+    copy_mb: float = 256.0      # what of a submission's folder is copied for the kernel
+    tmp_mb: int = 1024          # the kernel's private /tmp (memory-backed)
 
 
 @dataclass
@@ -48,8 +56,9 @@ class Sandbox:
     root: Path
     model: str
     limits: Limits = field(default_factory=Limits)
-    hide: tuple[Path, ...] = ()
+    hide: tuple[Path, ...] = ()  # kept for callers: the allow-list hides everything else
     threads: int | None = None
+    cgroup: Path | None = None  # a pids cgroup of this submission's kernels, when made
 
     @property
     def work(self) -> Path:
@@ -59,8 +68,13 @@ class Sandbox:
     def run_dir(self) -> Path:
         return self.work / "run"
 
+    @property
+    def lab(self) -> Path:
+        """The writable copy of the submission's folder: the kernels' working directory."""
+        return self.work / "lab"
+
     def create(self) -> "Sandbox":
-        for d in (self.work / ".tmp", self.run_dir, self.root / "kernels" / "grader"):
+        for d in (self.work / ".tmp", self.run_dir, self.lab, self.root / "kernels" / "grader"):
             d.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -86,33 +100,55 @@ class Sandbox:
                             int(self.limits.file_gb * (1 << 20)))
         # if the grader dies, its kernels die with it (setpriv: util-linux, like unshare)
         orphan_guard = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+        join = ["sh", "-c", JOIN_CGROUP, str(self.cgroup)] if self._pids_cgroup() else []
         if not namespaces_work():
             limits = LIMITS_SCRIPT.format(mem_kb=mem_kb, fsize_kb=fsize_kb)
-            return [*orphan_guard, "bash", "-c", limits, "limits", *argv]
+            return [*orphan_guard, *join, "bash", "-c", limits, "limits", *argv]
         config = self.root / "sandbox.conf"
         config.write_text(self.namespace_config(mem_kb, fsize_kb), encoding="utf-8")
-        return [*orphan_guard, *UNSHARE, "bash", str(SCRIPT), str(config), str(self.work), *argv]
+        return [*orphan_guard, *join, *UNSHARE, "bash", str(SCRIPT), str(config),
+                str(_real(self.work)), *argv]
+
+    def allowed(self) -> list[Path]:
+        """What the kernel may read besides the system directories (all read-only): its
+        own sandbox folder (kernel connection file), the project's packages (not the
+        solution notebooks), the venv and Python, the model caches, a local model."""
+        paths = [self.root, REPO / "labkit", REPO / "grading", Path(sys.prefix),
+                 Path(sys.base_prefix), Path(sys.executable).resolve().parent, cache_dir(),
+                 _hf_hub_cache(), Path(self.model)]  # model: a local path?
+        return sorted({_real(p) for p in paths if p and Path(p).exists()
+                       and str(_real(p)) not in SYSTEM_DIRS},
+                      key=lambda p: (len(p.parts), str(p)))
 
     def namespace_config(self, mem_kb="unlimited", fsize_kb="unlimited") -> str:
-        """The variables sandbox.sh sources: what to keep, what to hide, the limits."""
-        # of the repository only the packages: not the solution notebooks
-        keeps = sorted({_real(p) for p in [self.root, self.work, REPO / "labkit",
-                        REPO / "grading", Path(sys.prefix),
-                        Path(sys.base_prefix), Path(sys.executable).resolve().parent,
-                        cache_dir(), _hf_hub_cache(), Path(self.model)]  # model: a path?
-                        if p and Path(p).exists()},
-                       key=lambda p: (len(p.parts), str(p)))
-        hides = [h for h in {_real(h) for h in (Path.home(), REPO, *self.hide)}
-                 if str(h) not in SYSTEM_DIRS]
-        inner = [h for h in hides if any(k in h.parents for k in keeps)]
-        quote = lambda paths: " ".join(shlex.quote(str(p)) for p in paths)  # noqa: E731
-        return (f"shm_mb=512\nmem_kb={mem_kb}\nfsize_kb={fsize_kb}\nkeeps=({quote(keeps)})\n"
-                f"hides=({quote(hides)})\ninner_hides=({quote(inner)})\n")
+        """The variables sandbox.sh sources: what the kernel may see, and the limits."""
+        keeps = " ".join(shlex.quote(str(p)) for p in self.allowed())
+        return (f"tmp_mb={self.limits.tmp_mb}\nshm_mb=512\nmem_kb={mem_kb}\n"
+                f"fsize_kb={fsize_kb}\nnproc={self.limits.processes}\nkeeps=({keeps})\n")
+
+    def _pids_cgroup(self) -> bool:
+        """A pids cgroup for this submission's kernels, where the grader may make one: the
+        only process limit that binds a grader running as root (RLIMIT_NPROC spares root,
+        even a namespace's root mapped to it)."""
+        if self.cgroup is None:
+            self.cgroup = make_pids_cgroup(self.root.name, self.limits.processes) or False
+        return bool(self.cgroup)
+
+    def release(self) -> None:
+        """Remove the pids cgroup (its processes are gone by now)."""
+        if self.cgroup:
+            try:
+                self.cgroup.rmdir()
+            except OSError:
+                pass
 
     def isolation(self) -> str:
+        procs = (f"{self.limits.processes} processes (pids cgroup)" if self.cgroup else
+                 f"{self.limits.processes} processes (ulimit -u: binds a non-root grader)")
         if namespaces_work():
-            return ("namespaces: no network, own PID space, read-only filesystem except the "
-                    "work directory, grader home/output/other submissions hidden")
+            return ("namespaces: no network, own PID space, a filesystem by allow-list (system, "
+                    "project code, venv, model caches read-only; private /tmp; only its work "
+                    f"folder writable), limits: {procs}")
         why = (f"namespaces turned off: {NO_NAMESPACES_ENV}=1" if namespaces_forced_off()
                else "user namespaces are unavailable here")
         return f"environment only: scrubbed env, own HOME/TMPDIR, resource limits ({why})"
@@ -131,7 +167,50 @@ class Sandbox:
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 timed_out = True
+            except BaseException:  # e.g. the grading phase's time limit: leave nothing
+                _kill_group(proc)
+                raise
         return proc.returncode, _tail(out), _tail(err), timed_out
+
+
+def make_pids_cgroup(name: str, limit: int) -> Path | None:
+    """A fresh pids cgroup (v1 `pids` hierarchy or v2 with the pids controller) limited to
+    `limit` tasks, or None where the grader may not make one."""
+    import uuid
+
+    v2 = Path("/sys/fs/cgroup")
+    candidates = [Path("/sys/fs/cgroup/pids")]
+    try:
+        if "pids" in (v2 / "cgroup.subtree_control").read_text().split():
+            candidates.append(v2)
+    except OSError:
+        pass
+    for parent in candidates:
+        if not (parent / "cgroup.procs").exists() or not os.access(parent, os.W_OK):
+            continue
+        group = parent / f"labkit-grader-{name[:40]}-{uuid.uuid4().hex[:8]}"
+        try:
+            group.mkdir()
+            (group / "pids.max").write_text(str(limit))
+            return group
+        except OSError:
+            try:
+                group.rmdir()
+            except OSError:
+                pass
+    return None
+
+
+def tree_size(folder: Path) -> int:
+    """Bytes of the regular files under `folder` (lstat: links not followed)."""
+    total = 0
+    for top, dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(top, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def _real(path) -> Path:
@@ -187,12 +266,13 @@ def _namespaces_probe() -> bool:
 
     with tempfile.TemporaryDirectory() as tmp:
         box = Sandbox(Path(tmp), "teaching").create()
+        box.cgroup = False  # the probe needs none
         config = Path(tmp) / "probe.conf"
         config.write_text(box.namespace_config(), encoding="utf-8")
         probe = ("import pathlib, sys\ntry:\n    open('/probe-write', 'w')\n    sys.exit(3)\n"
                  "except OSError:\n    pass\npathlib.Path(sys.argv[1], 'ok').write_text('1')\n")
         try:
-            subprocess.run([*UNSHARE, "bash", str(SCRIPT), str(config), str(box.work),
+            subprocess.run([*UNSHARE, "bash", str(SCRIPT), str(config), str(_real(box.work)),
                             sys.executable, "-c",
                             probe, str(box.work)], capture_output=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired):

@@ -1,32 +1,58 @@
 #!/usr/bin/env bash
-# The namespace half of grading/sandbox.py's sandbox. Runs as the (mapped) root of fresh
-# user+mount+net+pid namespaces:   sandbox.sh CONFIG WORK COMMAND...
-# CONFIG (written by Sandbox.wrap, sourced here) sets shm_mb, mem_kb, fsize_kb and the
-# arrays keeps, hides, inner_hides. Kept paths are bound aside, the hidden ones covered
-# with empty tmpfs, the kept ones bound back; then every mount but WORK (and /proc, /sys,
-# /dev) is made read-only, the limits are set, and COMMAND runs.
+# The namespace half of grading/sandbox.py's sandbox, built by allow-list. Runs as the
+# (mapped) root of fresh user+mount+net+pid namespaces:   sandbox.sh CONFIG WORK COMMAND...
+# CONFIG (written by Sandbox.wrap, sourced here) sets tmp_mb, shm_mb, mem_kb, fsize_kb,
+# nproc and the array `keeps` (paths the kernel may read). A new root is built on an empty
+# tmpfs: the system directories and `keeps` bound read-only at their own paths, a minimal
+# /dev, a fresh /proc and /sys, a private /tmp and /dev/shm, and WORK (the only writable
+# host folder). Then pivot_root: nothing else of the host filesystem exists for COMMAND.
 set -eu
 config=$1; work=$2; shift 2
+here=$PWD
 # shellcheck source=/dev/null
 . "$config"
-stage=/dev/shm/.grader-keep
-hide() { for h in "$@"; do
-  if [ -d "$h" ]; then mount -t tmpfs -o size=1m,mode=755 grader-hidden "$h"; fi; done; }
-mount -t tmpfs -o "size=${shm_mb}m,mode=1777" grader-shm /dev/shm
-i=0; for p in "${keeps[@]}"; do
-  mkdir -p "$stage/$i"; mount --rbind "$p" "$stage/$i"; i=$((i+1)); done
-hide "${hides[@]}"
-i=0; for p in "${keeps[@]}"; do
-  mkdir -p "$p"; mount --rbind "$stage/$i" "$p"; umount -R -l "$stage/$i"; i=$((i+1)); done
-hide "${inner_hides[@]}"
+new=/dev/shm  # a mount point that always exists; covered by the new root's tmpfs
+mount --make-rprivate /
+mount -t tmpfs -o size=16m,mode=755 grader-root "$new"
+bind() {  # bind SRC at the same path in the new root (read-only later)
+  local src=$1 dst="$new$1"
+  if [ -L "$src" ]; then mkdir -p "$(dirname "$dst")"; ln -sfn "$(readlink "$src")" "$dst"; return; fi
+  if [ -d "$src" ]; then mkdir -p "$dst"; elif [ -e "$src" ]; then
+    mkdir -p "$(dirname "$dst")"; [ -e "$dst" ] || : > "$dst"; else return 0; fi
+  mount --rbind "$src" "$dst"
+}
+for d in /usr /bin /sbin /lib /lib32 /lib64 /libx32 /etc; do bind "$d"; done
+mkdir -p "$new/tmp" "$new/proc" "$new/sys" "$new/dev/shm"
+mount -t tmpfs -o "size=${tmp_mb}m,mode=1777" grader-tmp "$new/tmp"
+for p in "${keeps[@]}"; do bind "$p"; done
+mkdir -p "$new$work"; mount --bind "$work" "$new$work"
+mount -t proc -o nosuid,nodev,noexec proc "$new/proc"
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$new/sys" 2>/dev/null || true
+for n in null zero full random urandom tty; do bind "/dev/$n"; done
+ln -s /proc/self/fd "$new/dev/fd"; ln -s /proc/self/fd/0 "$new/dev/stdin"
+ln -s /proc/self/fd/1 "$new/dev/stdout"; ln -s /proc/self/fd/2 "$new/dev/stderr"
+mount -t tmpfs -o "size=${shm_mb}m,mode=1777,nosuid,nodev" grader-shm "$new/dev/shm"
+mkdir "$new/.old"
+cd "$new"
+pivot_root . .old
+umount -l /.old
+rmdir /.old
+# every mount read-only except the work folder, /tmp, /dev/shm and /proc
 while read -r _ _ _ _ mnt _; do
   printf -v mnt '%b' "$mnt"
   case "$mnt" in
-    "$work"|"$work"/*|/proc|/proc/*|/sys|/sys/*|/dev|/dev/pts|/dev/pts/*|/dev/shm|/dev/mqueue)
-      continue ;;
+    "$work"|"$work"/*|/tmp|/dev/shm|/proc|/proc/*|/sys) continue ;;
   esac
-  mount -o remount,bind,ro "$mnt" 2>/dev/null || true
+  mount -o remount,bind,ro "$mnt" 2>/dev/null || mount -o remount,ro "$mnt" 2>/dev/null || true
 done < /proc/self/mountinfo
-mount -o remount,bind,ro /
-ulimit -v "$mem_kb"; ulimit -f "$fsize_kb"
-exec "$@"
+mount -o remount,bind,ro / 2>/dev/null || mount -o remount,ro /
+cd "$here" 2>/dev/null || cd "$work"
+ulimit -v "$mem_kb"; ulimit -f "$fsize_kb"; ulimit -u "$nproc"
+# not exec: this shell stays PID 1 of the namespace, so that COMMAND gets ordinary signals
+# (PID 1 ignores a SIGKILL sent from inside) and orphans are reaped; a death by signal N
+# comes back as exit status 128+N
+# (ipykernel exits when its parent is PID 1 and not the JPY_PARENT_PID it was given, an
+# outside PID: without it, it polls nothing; the kernel dies with the grader anyway)
+unset JPY_PARENT_PID
+"$@"
+exit $?

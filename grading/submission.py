@@ -4,6 +4,7 @@ only) for grading.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import stat
@@ -51,22 +52,29 @@ def find_notebooks(folder: Path) -> tuple[dict[int, Path], list[str]]:
     return found, notes
 
 
-def copy_artifacts(src: Path, dst: Path) -> list[str]:
+def copy_artifacts(src: Path, dst: Path, max_policy_bytes: int | None = None) -> list[str]:
     """Copy the step artifacts of a run directory for grading: regular files only (a
-    symlink could point anywhere), JSON/JSONL at most 64 MB, nothing else from the folder
-    (checkpoints, caches). Returns what was left out, and why."""
+    symlink could point anywhere), JSON/JSONL at most 64 MB, the policy folder only when its
+    files' sizes (lstat, before anything is read) stay within `max_policy_bytes`, nothing
+    else from the folder (checkpoints, caches). Returns what was left out, and why."""
     from labkit.steps import Step1Baseline, Step2Meta, Step3Training, Step4Report
 
     dst.mkdir(parents=True, exist_ok=True)
     if Path(src).is_symlink():  # e.g. run/ -> another student's run/
         return [f"{Path(src).name}/ (a symbolic link: nothing in it was graded)"]
-    skipped = []
+    skipped: list[str] = []
     names = [Step1Baseline.FILE, Step2Meta.PAIRS_FILE, Step2Meta.FILE, Step3Training.FILE,
              Step4Report.FILE]
     policy = Path(src) / Step3Training.POLICY_DIR
     if policy.is_dir() and not policy.is_symlink():
-        (dst / Step3Training.POLICY_DIR).mkdir(exist_ok=True)
-        names += [f"{Step3Training.POLICY_DIR}/{p.name}" for p in policy.iterdir()]
+        files = _regular_files(policy)
+        size = sum(info.st_size for _, info in files)
+        if max_policy_bytes is not None and size > max_policy_bytes:
+            skipped.append(f"{Step3Training.POLICY_DIR}/ ({size / 2**20:.0f} MB: far larger "
+                           "than the base model, not read)")
+        else:
+            (dst / Step3Training.POLICY_DIR).mkdir(exist_ok=True)
+            names += [f"{Step3Training.POLICY_DIR}/{p.name}" for p in policy.iterdir()]
     for name in names:
         path = Path(src) / name
         try:
@@ -79,6 +87,45 @@ def copy_artifacts(src: Path, dst: Path) -> list[str]:
             skipped.append(f"{name} (larger than 64 MB)")
         else:
             shutil.copyfile(path, dst / name)
+    return skipped
+
+
+def _regular_files(folder: Path) -> list[tuple[Path, os.stat_result]]:
+    """(path, lstat) of the regular files directly in `folder`."""
+    found = []
+    for entry in os.scandir(folder):
+        info = entry.stat(follow_symlinks=False)
+        if stat.S_ISREG(info.st_mode):
+            found.append((Path(entry.path), info))
+    return found
+
+
+def copy_submission(src: Path, dst: Path, max_bytes: int, max_files: int = 2000) -> list[str]:
+    """Copy a submission's folder (its notebooks and whatever else the student shipped) to
+    `dst`, the kernels' writable working copy: regular files and folders only, sizes taken
+    from lstat before anything is read, notebooks first, at most `max_bytes` and
+    `max_files` in all. Returns what was left out, and why."""
+    files, skipped = [], []
+    for top, dirs, names in os.walk(src):  # os.walk does not follow links to folders
+        dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(top, d)))
+        for name in sorted(names):
+            path = Path(top, name)
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode):
+                files.append((path, info.st_size))
+            else:
+                skipped.append(f"{path.relative_to(src)} (not a regular file: not copied)")
+    files.sort(key=lambda f: (f[0].suffix != ".ipynb", len(f[0].relative_to(src).parts)))
+    total = 0
+    for n, (path, size) in enumerate(files):
+        rel = path.relative_to(src)
+        if n >= max_files or total + size > max_bytes:
+            skipped.append(f"{rel} (over the {max_bytes / 2**20:.0f} MB / {max_files} files "
+                           "a submission's folder may bring: not copied)")
+            continue
+        total += size
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dst / rel, follow_symlinks=False)
     return skipped
 
 

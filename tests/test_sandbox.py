@@ -1,0 +1,260 @@
+"""The grader's sandbox, tried as a student (careless or hostile) would: what a kernel can see
+of the filesystem (an allow-list, enumerated), its writable copy of the submission (relative
+output_dir, TRL's default trainer_output), the limits (processes, disk quota, copy sizes
+checked from lstat, the grading phase's own time limit) and the messages when a kernel dies.
+
+The fast tests use the sandboxed process runner (`Sandbox.run_untrusted`, what the student-
+loss check uses); the `slow` batch runs real kernels through the CLI.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grading.sandbox import Limits, Sandbox, namespaces_work
+from tests.submissions import craft
+
+ROOT = Path(__file__).resolve().parent.parent
+needs_namespaces = pytest.mark.skipif(not namespaces_work(),
+                                      reason="user namespaces are unavailable here")
+
+ENUMERATE = '''
+import json, os, sys
+seen = {}
+for path in sys.argv[1:]:
+    try:
+        seen[path] = sorted(os.listdir(path))
+    except OSError as exc:
+        seen[path] = type(exc).__name__
+print("SEEN " + json.dumps(seen))
+'''
+
+
+def seen_by(box: Sandbox, paths) -> dict:
+    rc, out, err, _ = box.run_untrusted([sys.executable, "-c", ENUMERATE, *map(str, paths)],
+                                        "", box.lab, 60)
+    assert rc == 0, err
+    return json.loads(out.split("SEEN ", 1)[1])
+
+
+@pytest.fixture
+def decoys(tmp_path):
+    """Folders a kernel must not see: another submission, an earlier batch's --out."""
+    other = tmp_path / "submissions" / "other-student"
+    other.mkdir(parents=True)
+    (other / "03_train_dpo.ipynb").write_text("{}")
+    out = tmp_path / "earlier-out" / "alice"
+    out.mkdir(parents=True)
+    (out / "results.json").write_text('{"score": 100}')
+    return other, out.parent
+
+
+@needs_namespaces
+def test_the_sandboxed_runner_sees_only_its_allow_list(tmp_path, decoys):
+    other, earlier_out = decoys
+    box = Sandbox(tmp_path / "batch" / "me", "teaching").create()
+    paths = ["/", "/tmp", "/home", "/root", "/work", ROOT.parent, ROOT, ROOT / "notebooks",
+             other, earlier_out, tmp_path, box.lab]
+    seen = seen_by(box, paths)
+    box.release()
+    assert set(seen["/"]) <= {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc",
+                              "dev", "proc", "sys", "tmp", *[p.parts[1] for p in box.allowed()]}
+    for hidden in ("/home", str(ROOT / "notebooks"), str(other), str(earlier_out)):
+        assert seen[hidden] == "FileNotFoundError", (hidden, seen[hidden])
+    assert set(seen[str(ROOT)]) == {"labkit", "grading"}  # the code, not the solutions
+    # the private /tmp holds only the way to this sandbox (and allowed caches), never the
+    # host's temporary files or the batch's other folders
+    host_tmp = set(os.listdir("/tmp"))
+    allowed_tmp = {p.parts[2] for p in box.allowed() if p.parts[1] == "tmp"}
+    assert set(seen["/tmp"]) <= allowed_tmp and len(host_tmp - allowed_tmp) > 0
+    assert seen[str(tmp_path)] == sorted({"batch"} | {p.relative_to(tmp_path).parts[0]
+                                                      for p in box.allowed()
+                                                      if tmp_path in p.parents})
+    allowed_home = {p.parts[2] for p in box.allowed() if p.parts[1] == "root"}
+    assert set(seen["/root"]) <= allowed_home
+
+
+@needs_namespaces
+def test_only_the_work_folder_and_a_private_tmp_are_writable(tmp_path):
+    box = Sandbox(tmp_path / "me", "teaching").create()
+    code = ("import sys\nfor p in sys.argv[1:]:\n    try:\n        open(p, 'w').write('x')\n"
+            "        print(p, 'written')\n    except OSError as e:\n        print(p, 'refused')\n")
+    targets = [box.lab / "ok.txt", "/tmp/private.txt", ROOT / "labkit" / "pwned.py",
+               box.root / "kernel-1.json", "/etc/pwned", "/pwned"]
+    rc, out, err, _ = box.run_untrusted([sys.executable, "-c", code, *map(str, targets)], "",
+                                        box.lab, 60)
+    box.release()
+    assert rc == 0, err
+    assert out.split("\n")[:6] == [f"{box.lab / 'ok.txt'} written", "/tmp/private.txt written",
+                                   *[f"{t} refused" for t in targets[2:]]]
+    assert not Path("/tmp/private.txt").exists() and not (ROOT / "labkit" / "pwned.py").exists()
+
+
+def test_a_process_swarm_stops_at_the_limit(tmp_path):
+    box = Sandbox(tmp_path / "me", "teaching", Limits(processes=40)).create()
+    swarm = ("import subprocess\nstarted = 0\nfor _ in range(120):\n    try:\n"
+             "        subprocess.Popen(['sleep', '20']); started += 1\n"
+             "    except OSError:\n        pass\nprint('STARTED', started)\n")
+    rc, out, err, _ = box.run_untrusted([sys.executable, "-c", swarm], "", box.lab, 60)
+    isolation = box.isolation()
+    box.release()
+    if box.cgroup is False and os.geteuid() == 0:
+        pytest.skip("root without a writable pids cgroup: RLIMIT_NPROC does not bind root")
+    started = int(out.split("STARTED", 1)[1])
+    assert started < 40, (started, isolation)
+
+
+def test_the_no_namespace_path_still_runs_under_its_limits(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_GRADER_NO_NAMESPACES", "1")
+    box = Sandbox(tmp_path / "me", "teaching", Limits(file_gb=0.001)).create()
+    code = "import os\nopen('big', 'wb').write(b'x' * 3_000_000)\n"
+    rc, _, err, _ = box.run_untrusted([sys.executable, "-c", code], "", box.lab, 60)
+    box.release()
+    assert rc != 0 and "environment only" in box.isolation()
+    assert (box.lab / "big").stat().st_size < 1_100_000  # the file-size limit held
+
+
+def test_a_submission_folder_is_copied_by_sizes_seen_before_reading(tmp_path):
+    from grading.submission import copy_submission
+
+    src = tmp_path / "sub"
+    (src / "data").mkdir(parents=True)
+    (src / "03_train_dpo.ipynb").write_text("{}")
+    (src / "data" / "notes.txt").write_text("mine")
+    with open(src / "huge.bin", "wb") as f:  # sparse: its size is only in lstat
+        f.truncate(5 << 30)
+    (src / "passwd").symlink_to("/etc/passwd")
+    (src / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
+    left_out = copy_submission(src, tmp_path / "copy", max_bytes=1 << 20)
+    copied = sorted(str(p.relative_to(tmp_path / "copy")) for p in (tmp_path / "copy").rglob("*"))
+    assert copied == ["03_train_dpo.ipynb", "data", "data/notes.txt"]
+    assert any(s.startswith("huge.bin (over the 1 MB") for s in left_out)
+    assert any(s.startswith("passwd (not a regular file") for s in left_out)
+
+
+def test_an_oversized_policy_folder_is_refused_from_lstat(tmp_path):
+    from grading.submission import copy_artifacts
+
+    policy = tmp_path / "run" / "step3_policy"
+    policy.mkdir(parents=True)
+    with open(policy / "model.safetensors", "wb") as f:
+        f.truncate(8 << 30)  # sparse: reading it would take minutes and 8 GB
+    left_out = copy_artifacts(tmp_path / "run", tmp_path / "graded", max_policy_bytes=1 << 20)
+    assert not (tmp_path / "graded" / "step3_policy").exists()
+    assert left_out and "far larger than the base model" in left_out[0]
+
+
+def test_the_grading_phase_has_its_own_time_limit(tmp_path, teaching_dir):
+    from grading import autograde
+
+    opts = autograde.Options(model="teaching", execute=False,
+                             limits=Limits(grading_timeout=0.001))
+    record = autograde.grade_submission(tmp_path, "slow", opts, tmp_path / "batch",
+                                        tmp_path / "out")
+    items = [i for s in record["steps"] for i in s["items"]]
+    from grading.rubric import items_for
+
+    assert len(record["steps"]) == 4
+    assert len(items) == sum(len(items_for(step)) for step in (1, 2, 3, 4))
+    assert all(not i["passed"] and "ran past their 0.001 s limit" in i["message"] for i in items)
+
+
+# ----------------------------------------------------------------------------- real kernels
+def _cell_number(path: Path, text: str) -> int:
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    return next(i for i, c in enumerate(nb.cells, 1) if text in c.source)
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory, teaching_dir):
+    """One CLI batch: notebook 3 with a relative output_dir and with none, a kernel that
+    enumerates the filesystem, kernels killed by a signal and by os._exit, a folder that
+    fills its work quota."""
+    root = tmp_path_factory.mktemp("sandbox")
+    subs, out = root / "subs", root / "out"
+    relative = craft.single(3, subs / "relative")
+    craft.replace(relative, 'output_dir=str(cfg.run_dir / "trainer")', 'output_dir="dpo_out"')
+    nodir = craft.single(3, subs / "nodir")
+    craft.replace(nodir, 'output_dir=str(cfg.run_dir / "trainer"),\n', "")
+    probe = craft.single(1, subs / "probe")
+    paths = ["/", "/tmp", "/home", str(ROOT), str(ROOT / "notebooks"), str(subs / "relative"),
+             str(out), str(root)]
+    craft.inject(probe, "import subprocess, sys\nprint(subprocess.run([sys.executable, '-c', "
+                 f"{ENUMERATE!r}, *{paths!r}], capture_output=True, text=True).stdout)",
+                 after="session.start")
+    killed = craft.single(1, subs / "killed")
+    craft.inject(killed, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+                 after="session.start")
+    exits = craft.single(1, subs / "exits")
+    craft.inject(exits, "import os\nos._exit(3)", after="session.start")
+    full = subs / "full"
+    full.mkdir()
+    for step in (1, 2):
+        (full / craft.NAMES[step]).write_bytes((craft.NOTEBOOKS / craft.NAMES[step]).read_bytes())
+    craft.inject(full / craft.NAMES[1], "open('filler.bin', 'wb').write(b'x' * (80 << 20))",
+                 after="session.start")
+    proc = subprocess.run([sys.executable, "-m", "grading", *map(str, [relative, nodir, probe,
+                           killed, exits, full]), "--out", str(out), "--model", "teaching",
+                           "--jobs", "2", "--disk-gb", "0.05"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=1500, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return subs, out, paths
+
+
+def _results(out: Path, name: str) -> dict:
+    return json.loads((out / name / "results.json").read_text())
+
+
+def _run(res: dict, notebook: str) -> dict:
+    return next(t for t in res["tests"] if t["name"] == f"Run {notebook}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["relative", "nodir"])
+def test_relative_or_missing_output_dir_gets_full_marks(batch, name):
+    _, out, _ = batch
+    res = _results(out, "03_train_dpo" if name == "relative" else "03_train_dpo-2")
+    assert res["score"] == res["max_score"] == 25, [t for t in res["tests"]
+                                                    if t["score"] < t["max_score"]]
+
+
+@pytest.mark.slow
+@needs_namespaces
+def test_a_kernel_sees_only_its_allow_list(batch):
+    subs, out, paths = batch
+    executed = (out / "01_baseline" / "executed" / craft.NAMES[1]).read_text()
+    seen = json.loads(json.loads(executed.split("SEEN ", 1)[1].split("\\n", 1)[0].join('""')))
+    assert seen["/home"] == "FileNotFoundError"
+    assert set(seen[str(ROOT)]) == {"labkit", "grading"}
+    for hidden in (str(ROOT / "notebooks"), str(subs / "relative"), str(out)):
+        assert seen[hidden] == "FileNotFoundError", hidden
+    assert "subs" not in seen[paths[-1]] and "out" not in seen[paths[-1]]
+
+
+@pytest.mark.slow
+def test_a_dead_kernel_names_the_cell_and_what_is_known(batch):
+    subs, out, _ = batch
+    for name, said in (("01_baseline-2", "SIGKILL (9)"), ("01_baseline-3", "exited with code 3")):
+        run = _run(_results(out, name), craft.NAMES[1])
+        folder = "killed" if name.endswith("2") else "exits"
+        cell = _cell_number(subs / folder / craft.NAMES[1],
+                            "os.kill" if folder == "killed" else "os._exit")
+        assert f"while cell {cell} was running" in run["output"] and said in run["output"], run
+
+
+@pytest.mark.slow
+def test_a_full_work_folder_stops_the_next_notebooks_and_hides_the_path(batch):
+    _, out, _ = batch
+    res = _results(out, "full")
+    assert "skipped: not run: your work folder held" in _run(res, craft.NAMES[2])["output"]
+    text = json.dumps([_results(out, n) for n in ("full", "01_baseline-2", "03_train_dpo")])
+    text += "".join((out / n / "feedback.md").read_text() for n in ("full", "01_baseline-2"))
+    assert not re.search(r"/tmp/grading-|<work>", text)
