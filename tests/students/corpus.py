@@ -181,7 +181,6 @@ def art(name, what, *edits, fails=(), why="", needs=""):
 STEP3_TRAINING = ("trained", "finite_losses", "health", "policy_changed", "crosscheck",
                   "log_consistent")
 LOSS_ITEMS = ("student_loss", "crosscheck")
-SANDBOX = "sandbox (writable copy of the submission folder)"
 
 CASES: tuple[Case, ...] = (
     # --- correct work, written differently: full marks
@@ -193,11 +192,11 @@ CASES: tuple[Case, ...] = (
     nb(2, "other_pairs_14", "another theme-consistent set: 14 pairs on other concepts",
        sub("### END SOLUTION", OTHER_PAIRS + "### END SOLUTION")),
     nb(3, "output_dir_relative", 'output_dir="dpo_out" (relative: works in JupyterLab)',
-       sub(OUTPUT_DIR, 'output_dir="dpo_out",'), needs=SANDBOX),
+       sub(OUTPUT_DIR, 'output_dir="dpo_out",')),
     nb(3, "output_dir_absolute", "output_dir=os.path.abspath(...) next to the notebook",
-       sub(OUTPUT_DIR, 'output_dir=__import__("os").path.abspath("dpo_out"),'), needs=SANDBOX),
+       sub(OUTPUT_DIR, 'output_dir=__import__("os").path.abspath("dpo_out"),')),
     nb(3, "output_dir_missing", "no output_dir at all (TRL's default, trainer_output/)",
-       sub(OUTPUT_DIR, ""), needs=SANDBOX),
+       sub(OUTPUT_DIR, "")),
     nb(3, "other_names", "TRL-style names in the loss, positional model/ref_model",
        sub(f"    {CHOSEN_R}\n    {REJECTED_R}\n    {LOSS_LINE}\n"
            "    return loss, chosen_rewards, rejected_rewards\n", RENAMED_LOSS.lstrip("\n")),
