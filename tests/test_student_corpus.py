@@ -33,6 +33,9 @@ def test_every_case_builds_from_the_current_notebooks(tmp_path):
         assert built.exists(), case.name
         if case.kind == "notebook":
             assert built.read_text() != (NB3.parent / corpus.NB[case.step]).read_text(), case.name
+        if case.kind == "lab" and case.edits:
+            assert any((built / name).read_text() != (NB3.parent / name).read_text()
+                       for name in corpus.NB.values()), case.name
 
 
 def test_expectations_name_real_items_or_say_what_they_wait_for():

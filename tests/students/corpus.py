@@ -67,6 +67,19 @@ def duplicate(anchor: str) -> Callable[[Path], None]:
     return edit
 
 
+def in_notebook(step: int, *edits) -> Callable[[Path], None]:
+    """For a `lab` case: apply notebook edits to one notebook of the submission folder."""
+    def edit(folder: Path) -> None:
+        for change in edits:
+            change(folder / NB[step])
+    return edit
+
+
+# notebook-2 text (the solution's pairs come from the theme file)
+EXAMPLE_PAIRS = "pairs = [dict(pair) for pair in theme.example_pairs]"
+SWAPPED_PAIRS = ("pairs = [dict(prompt=p[\"prompt\"], chosen=p[\"rejected\"], rejected=p[\"chosen\"])\n"
+                 "         for p in theme.example_pairs]")
+
 # notebook-3 text the edits match (the solution's own lines)
 LOSS_LINE = "loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()"
 CHOSEN_R = "chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)"
@@ -131,10 +144,6 @@ def _case_duplicate(rows):
                     "rejected": first["rejected"]}]
 
 
-def _swapped(rows):
-    return [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows]
-
-
 def _heldout_concepts(rows):
     from labkit.teaching import HELDOUT_CONCEPTS, make_preference_pairs
 
@@ -172,22 +181,22 @@ def art(name, what, *edits, fails=(), why="", needs=""):
 STEP3_TRAINING = ("trained", "finite_losses", "health", "policy_changed", "crosscheck",
                   "log_consistent")
 LOSS_ITEMS = ("student_loss", "crosscheck")
-SANDBOX = "sandbox (writable copy of the submission folder)"
 
 CASES: tuple[Case, ...] = (
     # --- correct work, written differently: full marks
     Case("lab_solution", "lab", None, "the four solution notebooks, untouched"),
     nb(1, "other_held_prompts", "other on-theme held prompts and two far prompts",
-       sub("theme_prompts = list(HELDOUT_PROMPTS[:6])", "theme_prompts = list(HELDOUT_PROMPTS[1:5])"),
-       sub("far_prompts = [NEUTRAL_PROMPTS[0]]", "far_prompts = list(NEUTRAL_PROMPTS[2:4])")),
+       sub("theme_prompts = list(theme.theme_prompts)", "theme_prompts = list(theme.theme_prompts[1:5])"),
+       sub("far_prompts = list(theme.far_prompts)",
+           'far_prompts = ["Tell me about bread.\\n", "Tell me about the moon.\\n"]')),
     nb(2, "other_pairs_14", "another theme-consistent set: 14 pairs on other concepts",
        sub("### END SOLUTION", OTHER_PAIRS + "### END SOLUTION")),
     nb(3, "output_dir_relative", 'output_dir="dpo_out" (relative: works in JupyterLab)',
-       sub(OUTPUT_DIR, 'output_dir="dpo_out",'), needs=SANDBOX),
+       sub(OUTPUT_DIR, 'output_dir="dpo_out",')),
     nb(3, "output_dir_absolute", "output_dir=os.path.abspath(...) next to the notebook",
-       sub(OUTPUT_DIR, 'output_dir=__import__("os").path.abspath("dpo_out"),'), needs=SANDBOX),
+       sub(OUTPUT_DIR, 'output_dir=__import__("os").path.abspath("dpo_out"),')),
     nb(3, "output_dir_missing", "no output_dir at all (TRL's default, trainer_output/)",
-       sub(OUTPUT_DIR, ""), needs=SANDBOX),
+       sub(OUTPUT_DIR, "")),
     nb(3, "other_names", "TRL-style names in the loss, positional model/ref_model",
        sub(f"    {CHOSEN_R}\n    {REJECTED_R}\n    {LOSS_LINE}\n"
            "    return loss, chosen_rewards, rejected_rewards\n", RENAMED_LOSS.lstrip("\n")),
@@ -205,35 +214,41 @@ CASES: tuple[Case, ...] = (
        sub("num_train_epochs=preset.num_train_epochs,", "num_train_epochs=6,")),
     nb(3, "cells_run_twice", "setup, loss, self-check, save and check cells each run twice",
        duplicate("cfg = session.start(step=3)"), duplicate("def compute_dpo_loss"),
-       duplicate("mine = compute_dpo_loss"), duplicate(SAVE_CELL), duplicate("grading.check(3)")),
+       duplicate("check_dpo_loss(compute_dpo_loss"), duplicate(SAVE_CELL), duplicate("grading.check(3)")),
     nb(3, "no_callback", "callbacks=[watch] left out (exercise 3.2 now asks for it)",
        sub(", callbacks=[watch])", ")"),
        why="the callback only shows samples; the later cell says what to add"),
     # --- typical mistakes: lose exactly where the learning is missing
+    Case("swapped", "lab", None, "chosen and rejected swapped in every pair (notebook 2)",
+         (in_notebook(2, sub(EXAMPLE_PAIRS, SWAPPED_PAIRS)),), frozenset({"moved_toward_preference"}),
+         why="every pair is well formed and every mechanical part of the lab is right: the "
+             "pairs save and validate (pairs_valid is about form), the loss is right, TRL trains "
+             "healthily on the data it was given (margin > 0), the report is complete and "
+             "reproduces. What is missing is the direction: the pairs prefer jargon, against "
+             "the stated preference, so the policy moves away from it. That is exactly what "
+             "step 4's moved_toward_preference checks (the judge's style rate falls and most "
+             "pairs read swapped), and only that item"),
     nb(3, "loss_sum", ".sum() instead of .mean() in the loss",
        sub(LOSS_LINE, LOSS_LINE.replace(".mean()", ".sum()")), fails=LOSS_ITEMS,
        why="the loss is wrong (the grader's own tests and the cross-check catch it); TRL "
-           "trained with its own loss, so the training items stand",
-       needs="code (self-check must not stop the notebook)"),
+           "trained with its own loss, so the training items stand"),
     nb(3, "loss_no_reference", "reference log-probs left out of the rewards",
        sub(CHOSEN_R, "chosen_rewards = beta * policy_chosen_logps"),
        sub(REJECTED_R, "rejected_rewards = beta * policy_rejected_logps"), fails=LOSS_ITEMS,
-       why="the implicit reward is log(pi/pi_ref): loss items only",
-       needs="code (self-check must not stop the notebook)"),
+       why="the implicit reward is log(pi/pi_ref): loss items only"),
     nb(3, "loss_sign_flipped", "loss sign flipped (rejected - chosen)",
        sub(LOSS_LINE, "loss = -F.logsigmoid(rejected_rewards - chosen_rewards).mean()"),
-       fails=LOSS_ITEMS, why="loss items only", needs="code (self-check must not stop the notebook)"),
+       fails=LOSS_ITEMS, why="loss items only"),
     nb(3, "loss_beta_one_side", "beta applied to the chosen side only",
        sub(REJECTED_R, "rejected_rewards = policy_rejected_logps - ref_rejected_logps"),
-       fails=LOSS_ITEMS, why="loss items only", needs="code (self-check must not stop the notebook)"),
+       fails=LOSS_ITEMS, why="loss items only"),
     nb(3, "loss_calls_reference", "compute_dpo_loss returns labkit.dpo.dpo_loss(...)",
        sub(f"    {CHOSEN_R}\n    {REJECTED_R}\n    {LOSS_LINE}\n"
            "    return loss, chosen_rewards, rejected_rewards\n",
            "    from labkit.dpo import dpo_loss\n    return dpo_loss(policy_chosen_logps, "
            "policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=beta)\n"),
        fails=("student_loss",),
-       why="the loss was not written: no credit for it; the cross-check plumbing did run",
-       needs="code (student loss credit only when written)"),
+       why="the loss was not written: no credit for it; the cross-check plumbing did run"),
     nb(3, "learning_rate_0", "learning_rate=0 in DPOConfig",
        sub("learning_rate=preset.learning_rate,", "learning_rate=0.0,"),
        fails=("health", "policy_changed", "log_consistent"),
@@ -253,9 +268,8 @@ CASES: tuple[Case, ...] = (
        why="nothing of a trained policy was saved (saving an untrained trainer stops the "
            "notebook); the loss still earns its item"),
     nb(1, "no_far_prompt", "six on-theme held prompts and no far prompt",
-       sub("far_prompts = [NEUTRAL_PROMPTS[0]]", "far_prompts = []"), fails=("held_prompts",),
-       why="the exercise asks for >= 1 far prompt (the alignment tax is measured on it)",
-       needs="grade (far prompt required)"),
+       sub("far_prompts = list(theme.far_prompts)", "far_prompts = []"), fails=("held_prompts",),
+       why="the exercise asks for >= 1 far prompt (the alignment tax is measured on it)"),
     nb(2, "seven_pairs_notebook", "7 pairs: the notebook's validation stops before saving",
        sub("### END SOLUTION", "pairs = pairs[:7]\n### END SOLUTION"),
        fails=("pairs_saved", "pairs_valid", "no_heldout_leak"),
@@ -267,13 +281,9 @@ CASES: tuple[Case, ...] = (
         leak_held_prompt, fails=("no_heldout_leak",)),
     art("case_duplicate", "a whitespace/case duplicate of pair 1 added",
         rewrite_pairs(_case_duplicate), fails=("pairs_valid",)),
-    art("swapped", "chosen and rejected swapped in every pair",
-        rewrite_pairs(_swapped), fails=("pairs_valid",),
-        why="the pairs teach the opposite of the stated theme; the teaching model's judge "
-            "can tell", needs="direction check (issue 12)"),
     art("heldout_concepts", "training pairs on the step-4 held-out concepts",
         rewrite_pairs(_heldout_concepts), fails=("no_heldout_leak",),
-        why="held-out accuracy would measure memorisation", needs="grade (held-out concept check)"),
+        why="held-out accuracy would measure memorisation"),
 )
 assert len({c.name for c in CASES}) == len(CASES)
 

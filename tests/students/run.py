@@ -84,7 +84,8 @@ def table(outcomes: list[Outcome]) -> str:
              "the graded steps, from `grading/rubric.py` at grading time: a case that changes "
              "one notebook is graded as that notebook alone (its earlier steps run from the "
              "reference solution), an artifact case is a real run directory, edited, graded "
-             "with --no-execute on steps 1-2, the lab case on all four steps.")
+             "with --no-execute on steps 1-2, a lab case (all four notebooks) on all four "
+             "steps. Points not listed under *fails* are expected in full.")
     lines = ["# Grading like a careful TA: the student corpus", "", intro, "",
              "| case | graded | the student | fails (TA) | expected | got | verdict |",
              "|---|---|---|---|---|---|---|"]
