@@ -269,12 +269,12 @@ def test_hostile_notebook_changes_nothing_and_finds_nothing(executed):
         text = (out / "hostile" / "executed" / name).read_text()
         assert SECRET not in text
         assert "LEAKED: NOTHING" in text
-        # refused, or written into the kernel's private /tmp, which vanishes with it: the
-        # host's folders stay as they were (checked above)
+        # refused, or written into the kernel's private /tmp (or the empty root the sandbox
+        # builds), which vanishes with it: the host's folders stay as they were (checked
+        # above, whatever folder the checkout is in)
         for target in (out / "hostile" / "results.json", out / "gradebook.csv",
-                       outside / "pwned.txt"):
+                       outside / "pwned.txt", ROOT / "pwned.txt"):
             assert f"'{target}': 'refused" in text or f"'{target}': 'written" in text, target
-        assert f"'{ROOT / 'pwned.txt'}': 'refused" in text
 
 
 @pytest.fixture(scope="module")
