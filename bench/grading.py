@@ -80,4 +80,5 @@ def measure(n: int = 2, log=print) -> dict:
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(measure(int(sys.argv[1]) if len(sys.argv) > 1 else 2), indent=1))
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731 - stdout is the JSON
+    print(json.dumps(measure(int(sys.argv[1]) if len(sys.argv) > 1 else 2, log), indent=1))
