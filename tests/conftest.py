@@ -18,6 +18,7 @@ section at the end of the run, with or without `-s`.
 from __future__ import annotations
 
 import os
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -255,3 +256,18 @@ def smollm2_dir(labkit_cache) -> Path:
         pytest.skip(f"SmolLM2 real weights unavailable: {exc}")
     record_figure("SmolLM2 conversion", f"{time.perf_counter() - start:.1f} s")
     return path
+
+
+@pytest.fixture
+def run(lab_run, tmp_path) -> Path:
+    """A private copy of the real lab's run directory, free to edit (grader tests)."""
+    dst = tmp_path / "run"
+    shutil.copytree(lab_run.run_dir, dst, ignore=shutil.ignore_patterns("executed", "trainer"))
+    return dst
+
+
+def edit_json(path: Path, change) -> None:
+    """Apply `change` to a JSON artifact in place (a hand-edited submission)."""
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,20 +16,7 @@ import pytest
 import grading
 from grading import checks, integrity, results, rubric
 from labkit import artifacts as A
-
-
-@pytest.fixture
-def run(lab_run, tmp_path) -> Path:
-    """A private copy of the real lab's run directory, free to edit."""
-    dst = tmp_path / "run"
-    shutil.copytree(lab_run.run_dir, dst, ignore=shutil.ignore_patterns("executed", "trainer"))
-    return dst
-
-
-def edit_json(path: Path, change) -> None:
-    record = json.loads(path.read_text())
-    change(record)
-    path.write_text(json.dumps(record))
+from tests.conftest import edit_json
 
 
 def rewrite_pairs(run: Path, change, update_meta: bool = True) -> None:

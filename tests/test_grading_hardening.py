@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from grading import bounds, checks, integrity
 from grading.rubric import max_points
 from labkit import artifacts as A
+from tests.conftest import edit_json
 
 
 # ----------------------------------------------------------------------------- no model
@@ -56,19 +56,6 @@ def test_pairs_on_held_out_evaluation_concepts_are_named():
 
 
 # ----------------------------------------------------------------------------- on a real run
-@pytest.fixture
-def run(lab_run, tmp_path) -> Path:
-    dst = tmp_path / "run"
-    shutil.copytree(lab_run.run_dir, dst, ignore=shutil.ignore_patterns("executed", "trainer"))
-    return dst
-
-
-def edit_json(path: Path, change) -> None:
-    record = json.loads(path.read_text())
-    change(record)
-    path.write_text(json.dumps(record))
-
-
 def rewrite_pairs(run: Path, change) -> None:
     rows = [json.loads(line) for line in (run / A.STEP2_PAIRS).read_text().splitlines()]
     change(rows)

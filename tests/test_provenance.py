@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,21 +14,9 @@ import torch
 from grading import checks, policy
 from labkit import artifacts as A
 from tests import _runs
+from tests.conftest import edit_json
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def run(lab_run, tmp_path) -> Path:
-    dst = tmp_path / "run"
-    shutil.copytree(lab_run.run_dir, dst, ignore=shutil.ignore_patterns("executed", "trainer"))
-    return dst
-
-
-def edit_json(path: Path, change) -> None:
-    record = json.loads(path.read_text())
-    change(record)
-    path.write_text(json.dumps(record))
 
 
 def swap_policy(run: Path, model, tokenizer) -> None:

@@ -4,28 +4,14 @@ and runs recorded before the token ids were saved are verified from their text."
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
 from grading import integrity
 from labkit import artifacts as A
+from tests.conftest import edit_json
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def run(lab_run, tmp_path) -> Path:
-    dst = tmp_path / "run"
-    shutil.copytree(lab_run.run_dir, dst, ignore=shutil.ignore_patterns("executed", "trainer"))
-    return dst
-
-
-def edit_json(path: Path, change) -> None:
-    record = json.loads(path.read_text())
-    change(record)
-    path.write_text(json.dumps(record))
 
 
 def test_the_real_run_records_ids_that_decode_to_its_outputs(run, teaching):
