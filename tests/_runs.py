@@ -90,3 +90,16 @@ TOO_SHORT = {"num_train_epochs": 1}
 def preset_run(teaching_dir) -> Run:
     """The teaching preset (lr 3e-4, beta 0.1, 10 epochs, batch 4: 20 logged steps)."""
     return train(**PRESET)
+
+
+def run_local(argv, stdin, cwd, timeout):
+    """The grader's `run(argv, stdin, cwd, timeout)` contract without the namespace sandbox
+    (for tests of the student-code drivers, whose own protections are under test)."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, cwd=cwd,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -9, "", "", True
+    return proc.returncode, proc.stdout, proc.stderr, False

@@ -2,7 +2,6 @@
 classic wrong variant gets its own hint, and the grader scores it from notebook 3 alone."""
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import nbformat
@@ -10,22 +9,13 @@ import pytest
 import torch
 
 from labkit.exercises import _variants, compare_logps
+from tests._runs import run_local
 
 ROOT = Path(__file__).resolve().parent.parent
 NB3 = ROOT / "notebooks" / "03_train_dpo.ipynb"
 SOLUTION_LINE = "    return (token_logps * answer).sum(dim=1)"
 LAST_TOKEN = ("    last = attention_mask.sum(dim=1) - 2\n"
               "    return token_logps[torch.arange(len(last)), last]")
-
-
-def run_local(argv, stdin, cwd, timeout):
-    """The grader's `run` contract, without the sandbox (the code here is our own)."""
-    try:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, cwd=cwd,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return -9, "", "", True
-    return proc.returncode, proc.stdout, proc.stderr, False
 
 
 def case_tensors(seed=0):

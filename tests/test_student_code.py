@@ -4,7 +4,6 @@ mistakes fail both the in-notebook self-check and the grader, each with its hint
 reference earns nothing; and the result channel cannot be spoofed by the student's code."""
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import nbformat
@@ -13,6 +12,7 @@ import torch
 
 from grading.student_code import check_student_loss, make_cases, reference_calls
 from grading.student_logps import check_student_logps
+from tests._runs import run_local
 
 ROOT = Path(__file__).resolve().parent.parent
 NB3 = ROOT / "notebooks" / "03_train_dpo.ipynb"
@@ -41,17 +41,6 @@ RIGHT = {
     "softplus": LOSS_BODY.replace("-F.logsigmoid(chosen_rewards - rejected_rewards)",
                                   "F.softplus(-(chosen_rewards - rejected_rewards))"),
 }
-
-
-def run_local(argv, stdin, cwd, timeout):
-    """The grader's `run` contract without the namespace sandbox: the driver's own
-    protections are what is under test here."""
-    try:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, cwd=cwd,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return -9, "", "", True
-    return proc.returncode, proc.stdout, proc.stderr, False
 
 
 def loss_notebook(tmp_path: Path, body: str, before: str = "", name: str = "nb") -> Path:
