@@ -37,8 +37,10 @@ class Options:
     # regenerated outputs are computed the way the kernel computed them
 
 
-class GradingTimeout(Exception):
-    """The grader's own checks on one submission ran past Limits.grading_timeout."""
+class GradingTimeout(BaseException):
+    """The grader's own checks on one submission ran past Limits.grading_timeout.
+    A BaseException, so that no `except Exception` guard on the way (an item's own, or one
+    inside transformers) can swallow it and let the checks run on without a limit."""
 
 
 def grade_submission(path, name: str, opts: Options, batch_root, out_dir, label="") -> dict:
@@ -76,9 +78,12 @@ def _grade(path: Path, opts: Options, box: Sandbox, out: Path, start: float, run
             notebooks, notes = find_notebooks(path) if path.is_dir() else ({}, [])
             graded = [1, 2, 3, 4]
         written += _reflections([notebooks[s] for s in graded if s in notebooks], notes)
+        from .policy import base_model
+
+        base = base_model(opts.model)  # the grader's own model: not on the submission's clock
         try:
             with _time_limit(opts.limits.grading_timeout):
-                results = _check(run_dir, notebooks, graded, opts, box, notes)
+                results = _check(run_dir, notebooks, graded, base, box, notes)
         except GradingTimeout:
             results = _timed_out(graded, opts.limits.grading_timeout)
         for run in runs:  # a notebook that stopped explains its step's missing points
@@ -127,15 +132,14 @@ def _execute(path, notebooks, graded, opts, box, out, start, runs) -> list[str]:
     return notes
 
 
-def _check(run_dir, notebooks, graded, opts, box, notes):
-    """The grade, computed here on a sanitised copy of the artifacts."""
+def _check(run_dir, notebooks, graded, base, box, notes):
+    """The grade, computed here on a sanitised copy of the artifacts against `base`, the
+    grader's own (model, tokenizer, info)."""
     from .integrity import grade_run
-    from .policy import base_model
     from .results import scored
     from .student_code import check_student_loss
     from .student_logps import check_student_logps
 
-    base = base_model(opts.model)
     weights = sum(p.numel() * p.element_size() for p in base[0].parameters())
     graded_run = box.root / "graded"
     notes += [f"ignored {s}" for s in copy_artifacts(run_dir, graded_run,
@@ -162,15 +166,29 @@ def _timed_out(graded, seconds):
                         [message], "failed") for s in graded]
 
 
+def _importing(frame) -> bool:
+    """Is this thread inside an import? An exception raised there leaves the module half
+    made in sys.modules (sympy without .core, torch that segfaults on the next import):
+    every later submission in this grader process would fail, or crash it."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextmanager
 def _time_limit(seconds: float):
-    """Raise GradingTimeout in this (main) thread after `seconds`; no limit off the main
-    thread, where signals cannot be delivered."""
+    """Raise GradingTimeout in this (main) thread after `seconds`, once no import is under
+    way; no limit off the main thread, where signals cannot be delivered."""
     if threading.current_thread() is not threading.main_thread() or seconds <= 0:
         yield
         return
 
     def alarm(signum, frame):
+        if _importing(frame):  # let the import finish, then strike
+            signal.setitimer(signal.ITIMER_REAL, 0.005)
+            return
         raise GradingTimeout()
 
     previous = signal.signal(signal.SIGALRM, alarm)

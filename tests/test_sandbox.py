@@ -36,6 +36,17 @@ print("SEEN " + json.dumps(seen))
 '''
 
 
+def listable_in_checkout() -> set[str]:
+    """What a kernel may list in the checkout: the code, and the venv where it lives inside
+    the checkout (as in CI's fresh clone) - never the solution notebooks."""
+    names = {"labkit", "grading"}
+    for prefix in (sys.prefix, sys.base_prefix, Path(sys.executable).resolve().parent):
+        path = Path(prefix).resolve()
+        if ROOT in path.parents:
+            names.add(path.relative_to(ROOT).parts[0])
+    return names
+
+
 def seen_by(box: Sandbox, paths) -> dict:
     rc, out, err, _ = box.run_untrusted([sys.executable, "-c", ENUMERATE, *map(str, paths)],
                                         "", box.lab, 60)
@@ -67,7 +78,7 @@ def test_the_sandboxed_runner_sees_only_its_allow_list(tmp_path, decoys):
                               "dev", "proc", "sys", "tmp", *[p.parts[1] for p in box.allowed()]}
     for hidden in ("/home", str(ROOT / "notebooks"), str(other), str(earlier_out)):
         assert seen[hidden] == "FileNotFoundError", (hidden, seen[hidden])
-    assert set(seen[str(ROOT)]) == {"labkit", "grading"}  # the code, not the solutions
+    assert set(seen[str(ROOT)]) == listable_in_checkout()  # the code, not the solutions
     # the private /tmp holds only the way to this sandbox (and allowed caches), never the
     # host's temporary files or the batch's other folders
     host_tmp = set(os.listdir("/tmp"))
@@ -150,19 +161,67 @@ def test_an_oversized_policy_folder_is_refused_from_lstat(tmp_path):
     assert left_out and "far larger than the base model" in left_out[0]
 
 
-def test_the_grading_phase_has_its_own_time_limit(tmp_path, teaching_dir):
+def test_the_grading_phase_has_its_own_time_limit(run):
+    """A submission whose checks run past the limit gets every item failed, saying why.
+    The limit counts the checks on the submission (about 0.1 s for the teaching model's
+    run, a hundred times this limit), not the grader loading its own base model."""
     from grading import autograde
+    from grading.rubric import items_for
 
     opts = autograde.Options(model="teaching", execute=False,
                              limits=Limits(grading_timeout=0.001))
-    record = autograde.grade_submission(tmp_path, "slow", opts, tmp_path / "batch",
-                                        tmp_path / "out")
+    record = autograde.grade_submission(run, "slow", opts, run.parent / "batch",
+                                        run.parent / "out")
     items = [i for s in record["steps"] for i in s["items"]]
-    from grading.rubric import items_for
-
     assert len(record["steps"]) == 4
     assert len(items) == sum(len(items_for(step)) for step in (1, 2, 3, 4))
     assert all(not i["passed"] and "ran past their 0.001 s limit" in i["message"] for i in items)
+    # the same run, given time, is graded in full: the limit was what stopped it
+    opts.limits = Limits()
+    record = autograde.grade_submission(run, "given-time", opts, run.parent / "batch",
+                                        run.parent / "out")
+    assert all(i["passed"] for s in record["steps"] for i in s["items"]
+               if i["name"] not in ("student_loss", "student_logps"))  # no notebook 3 here
+
+
+def test_the_time_limit_passes_through_exception_guards():
+    """An `except Exception` on the way (an item's guard, one inside a library) must not
+    swallow the limit and let the checks run on without one."""
+    import time
+
+    from grading.autograde import GradingTimeout, _time_limit
+
+    with pytest.raises(GradingTimeout):
+        with _time_limit(0.01):
+            try:
+                time.sleep(3)
+            except Exception:  # noqa: BLE001 - the guard under test
+                pass
+
+
+LIMIT_DURING_IMPORT = """
+import sys, time
+from grading.autograde import GradingTimeout, _time_limit
+assert "torch" not in sys.modules
+try:
+    with _time_limit(0.001):
+        import torch  # a second or two of imports: the limit falls due inside them
+        print("imported")
+        time.sleep(5)
+except GradingTimeout:
+    print("timed-out")
+import torch
+print(int(torch.ones(2).sum()))
+"""
+
+
+def test_the_time_limit_waits_for_an_import_to_finish():
+    """A module half imported when the limit strikes would fail (or crash) every later
+    submission the same grader process grades; so the limit strikes after the import."""
+    proc = subprocess.run([sys.executable, "-c", LIMIT_DURING_IMPORT], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["imported", "timed-out", "2"]
 
 
 # ----------------------------------------------------------------------------- real kernels
@@ -233,7 +292,7 @@ def test_a_kernel_sees_only_its_allow_list(batch):
     executed = (out / "01_baseline" / "executed" / craft.NAMES[1]).read_text()
     seen = json.loads(json.loads(executed.split("SEEN ", 1)[1].split("\\n", 1)[0].join('""')))
     assert seen["/home"] == "FileNotFoundError"
-    assert set(seen[str(ROOT)]) == {"labkit", "grading"}
+    assert set(seen[str(ROOT)]) == listable_in_checkout()
     for hidden in (str(ROOT / "notebooks"), str(subs / "relative"), str(out)):
         assert seen[hidden] == "FileNotFoundError", hidden
     assert "subs" not in seen[paths[-1]] and "out" not in seen[paths[-1]]
