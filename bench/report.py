@@ -25,7 +25,7 @@ What is measured:
 - **Batched generation**: `labkit.generation.generate` over 8 held-out prompts, one batch
   vs one prompt per call, greedy, 40 new tokens; outputs must be identical.
 - **Verification vs regeneration**: grading 7 recorded greedy outputs (40 tokens) by one
-  teacher-forced forward pass (`labkit.verify`) vs regenerating them (`generate`).
+  teacher-forced forward pass (`grading.checks.verify`) vs regenerating them (`generate`).
 - **GPT-2-shaped CPU DPO**: a random-weight 124M `GPT2Config()` model with GPT-2's real
   tokenizer, the notebook's gpt2 preset (8 pairs × 3 epochs, batch 4), one fresh process
   per repetition; wall excludes model load. `deepcopy` = `ref_model=copy.deepcopy(model)`;

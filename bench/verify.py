@@ -1,6 +1,6 @@
 """Grading outputs by teacher-forced verification vs by regenerating them (issue 11).
 
-The grader used to regenerate every held output greedily and compare text; `labkit.verify`
+The grader used to regenerate every held output greedily and compare text; `grading.checks.verify`
 instead runs one batched forward pass over prompt + recorded output. Both are timed on the
 same recorded outputs (7 prompts, 40 new tokens, greedy), interleaved; both must agree that
 the outputs are the model's own.
@@ -13,7 +13,7 @@ from .stats import interleave, ratio, summary
 def measure(model, tokenizer, prompts, reps: int, log=print) -> dict:
     from labkit.config import GenerationSpec
     from labkit.generation import generate
-    from labkit.verify import verify_outputs
+    from grading.checks.verify import verify_outputs
 
     prompts, spec = list(prompts), GenerationSpec(max_new_tokens=40)
     texts, ids = generate(model, tokenizer, prompts, spec, return_ids=True)  # also warm-up

@@ -21,7 +21,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from .results import VISIBILITIES, feedback, gradebook_row, gradescope, write_gradebook
+from .autograde import Options, grade_submission, render
+from .checks.gradescope_format import VISIBILITIES
+from .checks.report import SubmissionResult, write_gradebook
+from .run.limits import Limits
+from .run.sandbox import Sandbox
 
 
 def parse_args(argv):
@@ -29,23 +33,14 @@ def parse_args(argv):
     parser.add_argument("submissions", nargs="+", type=Path, metavar="SUBMISSION")
     parser.add_argument("--out", required=True, type=Path, help="where results go")
     parser.add_argument("--jobs", type=int, default=1, help="submissions graded in parallel")
-    parser.add_argument("--timeout", type=float, default=1800,
-                        help="seconds for one submission's notebooks, all together")
-    parser.add_argument("--cell-timeout", type=float, default=300, help="seconds per cell")
-    parser.add_argument("--memory-gb", type=float, default=16,
-                        help="address-space limit of each kernel (torch reserves a lot)")
-    parser.add_argument("--disk-gb", type=float, default=10,
-                        help="what one submission's work folder may hold (checked after each "
-                             "notebook; each file is also limited to 4 GB)")
-    parser.add_argument("--processes", type=int, default=512,
-                        help="processes and threads one submission's kernel may run at once")
-    parser.add_argument("--grading-timeout", type=float, default=900,
-                        help="seconds for the grader's own checks and recomputation of one "
-                             "submission (after its notebooks ran)")
+    Limits.add_arguments(parser)
     parser.add_argument("--no-execute", action="store_true",
                         help="grade existing run directories without running notebooks")
     parser.add_argument("--model", default=os.environ.get("LABKIT_MODEL") or "gpt2",
                         help="the model the class uses (LABKIT_MODEL)")
+    parser.add_argument("--theme", default=os.environ.get("LABKIT_THEME") or None,
+                        help="the class's preference theme: a shipped name or a .toml file "
+                             "(LABKIT_THEME; default: labkit's default theme)")
     parser.add_argument("--no-namespaces", action="store_true",
                         help="run kernels without user namespaces even where they work (what "
                              "a container that forbids them gets; LABKIT_GRADER_NO_NAMESPACES=1)")
@@ -58,11 +53,25 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if Path(args.model).exists():  # a local model: kernels run elsewhere, so make it absolute
         args.model = str(Path(args.model).resolve())
-    if min(args.jobs, args.timeout, args.cell_timeout, args.disk_gb, args.processes,
-           args.grading_timeout) <= 0:
-        parser.error("--jobs, --timeout, --cell-timeout, --disk-gb, --processes and "
-                     "--grading-timeout must be positive")
+    try:
+        args.limits = Limits.from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.jobs <= 0:
+        parser.error("--jobs must be positive")
     return args
+
+
+def options(args) -> Options:
+    """The batch's options record, from the parsed command line."""
+    theme = args.theme
+    if theme and Path(theme).is_file():  # the kernels run elsewhere: an absolute path
+        theme = str(Path(theme).resolve())
+    return Options(model=args.model, theme=theme, execute=not args.no_execute,
+                   limits=args.limits, keep_work=bool(args.keep_work),
+                   threads=max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None,
+                   namespaces=not args.no_namespaces,
+                   integrity_visibility=args.integrity_visibility, out=args.out)
 
 
 def names_for(paths: list[Path]) -> list[str]:
@@ -83,10 +92,7 @@ def main(argv=None) -> int:
 
         return gradescope.main(argv[1:])
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("LABKIT_SKIP_OPTIONAL", "1")  # ungraded experiments: kernels skip them
-    if args.no_namespaces:  # an env var, so that --jobs workers and the probe see it
-        os.environ["LABKIT_GRADER_NO_NAMESPACES"] = "1"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the entry point owns its process
     from labkit import runtime
 
     with runtime.quiet_libraries(), runtime.known_warnings_ignored():
@@ -94,25 +100,23 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    try:
-        from . import autograde
+    from labkit.themes import ThemeError, load_theme
 
+    try:
+        opts = options(args)
+        load_theme(opts.theme)  # a broken theme stops the batch before any submission
         args.out.mkdir(parents=True, exist_ok=True)
         model = prepare_model(args.model, args.jobs)
+    except ThemeError as exc:
+        print(f"grading: cannot start: the theme: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # the grader cannot run at all
         print(f"grading: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    opts = autograde.Options(
-        model=args.model, execute=not args.no_execute,
-        limits=autograde.Limits(args.cell_timeout, args.timeout, args.memory_gb,
-                                disk_gb=args.disk_gb, processes=args.processes,
-                                grading_timeout=args.grading_timeout),
-        hide=tuple(p.resolve().parent for p in args.submissions), keep_work=bool(args.keep_work),
-        threads=max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
+    box = Sandbox(args.out, model, allow_namespaces=opts.namespaces)
     print(f"grading {len(args.submissions)} submission(s) with {model!r}, "
           f"{args.jobs} at a time; isolation: "
-          f"{'namespaces' if autograde.namespaces_work() else 'environment only'}",
-          file=sys.stderr)
+          f"{'namespaces' if box.namespaces else 'environment only'}", file=sys.stderr)
     start = time.monotonic()
     rows = run_batch(args, opts)
     write_gradebook(args.out / "gradebook.csv", rows)
@@ -130,14 +134,12 @@ def prepare_model(name: str, jobs: int) -> str:
 
         teaching.ensure_teaching_model(progress=False)
         return name
-    from .policy import base_model
+    from .checks.policy import base_model
 
     return base_model(name)[2].resolved
 
 
-def run_batch(args, opts) -> list[dict]:
-    from . import autograde
-
+def run_batch(args, opts: Options) -> list[dict]:
     subs = list(zip(args.submissions, names_for(args.submissions)))
     if args.keep_work:
         args.keep_work.mkdir(parents=True, exist_ok=True)
@@ -146,23 +148,19 @@ def run_batch(args, opts) -> list[dict]:
     try:
         if args.jobs == 1:
             for n, (path, name) in enumerate(subs, 1):
-                rows.append(finish(args.out, name, path, n, total, lambda: autograde.
-                                   grade_submission(path, name, opts, batch_root, args.out,
-                                                    f"[{n}/{total}]"),
-                                   args.integrity_visibility))
+                rows.append(finish(opts, name, path, n, total, lambda: grade_submission(
+                    path, name, opts, batch_root, f"[{n}/{total}]")))
             return rows
         import multiprocessing
 
         spawn = multiprocessing.get_context("spawn")  # no fork after torch was imported
         with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
-            futures = {}
-            for n, (path, name) in enumerate(subs, 1):
-                futures[pool.submit(autograde.grade_submission, path, name, opts, batch_root,
-                                    args.out, f"[{n}/{total}]")] = (n, path, name)
+            futures = {pool.submit(grade_submission, path, name, opts, batch_root,
+                                   f"[{n}/{total}]"): (n, path, name)
+                       for n, (path, name) in enumerate(subs, 1)}
             for future in as_completed(futures):
                 n, path, name = futures[future]
-                rows.append(finish(args.out, name, path, n, total, future.result,
-                                   args.integrity_visibility))
+                rows.append(finish(opts, name, path, n, total, future.result))
         return sorted(rows, key=lambda r: [name for _, name in subs].index(r["submission"]))
     finally:
         if args.keep_work:
@@ -173,23 +171,15 @@ def run_batch(args, opts) -> list[dict]:
             shutil.rmtree(batch_root, ignore_errors=True)
 
 
-def finish(out: Path, name: str, path: Path, n: int, total: int, get,
-           integrity_visibility: str = "visible") -> dict:
+def finish(opts: Options, name: str, path: Path, n: int, total: int, get) -> dict:
     """Write one submission's results; a grader failure on it becomes its result."""
     try:
-        record = get()
+        result = get()
     except Exception as exc:  # noqa: BLE001 - keep the batch going, say why
-        record = {"name": name, "source": str(path), "steps": [], "runs": [],
-                  "notes": [f"the grader failed on this submission: {type(exc).__name__}: {exc}"],
-                  "isolation": "", "seconds": 0.0}
-    results = gradescope(record, integrity_visibility)
-    folder = out / name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (folder / "feedback.md").write_text(feedback(record), encoding="utf-8")
-    row = gradebook_row(record, results)
+        result = SubmissionResult.failed(name, path, f"{type(exc).__name__}: {exc}")
+    row = render(result, opts)
     print(f"[{n}/{total}] done  {name}: {row['score']:g}/{row['max_score']:g} "
-          f"({record['seconds']:.1f} s){' - ' + row['problems'] if row['problems'] else ''}",
+          f"({result.seconds:.1f} s){' - ' + row['problems'] if row['problems'] else ''}",
           file=sys.stderr, flush=True)
     return row
 

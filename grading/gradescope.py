@@ -10,7 +10,7 @@ are run from - pyproject.toml, README.md):
 - `run_autograder`, run for every submission: `python -m grading.gradescope run`, which
   grades /autograder/submission with the same grader as `python -m grading` and writes
   /autograder/results/results.json in Gradescope's documented format (checked by
-  `validate` before it is written).
+  `check.gradescope_format.validate` before it is written).
 
 `AUTOGRADER_ROOT` (default /autograder) moves the whole tree, so that a test runs the zip
 end to end in a temporary folder; `AUTOGRADER_SKIP_INSTALL=1` makes setup.sh reuse the
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -29,29 +28,16 @@ import time
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from . import REPO
+from .checks.gradescope_format import VISIBILITIES, write_results
+from .run.limits import Limits
+
 TORCH_CPU = "torch==2.13.0"  # the Makefile's TORCH_CPU (a test keeps them equal)
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # PyPI's Linux torch is the CUDA build
 SHIPPED = ("labkit", "grading", "notebooks", "pyproject.toml", "README.md")
 SKIPPED_PARTS = {"__pycache__", ".ipynb_checkpoints"}
 CONFIG = "autograder.json"
 MAX_POINTS = 100
-
-# Gradescope's results.json (gradescope-autograders.readthedocs.io/en/latest/specs/)
-TOP_KEYS = {"score": "number", "execution_time": "number", "output": "str",
-            "output_format": "format", "test_output_format": "format",
-            "test_name_format": "format", "visibility": "visibility",
-            "stdout_visibility": "visibility", "extra_data": "dict", "tests": "list",
-            "leaderboard": "list"}
-TEST_KEYS = {"score": "number", "max_score": "number", "status": "status", "name": "str",
-             "name_format": "format", "number": "str", "output": "str",
-             "output_format": "format", "tags": "list", "visibility": "visibility",
-             "extra_data": "dict"}
-ENUMS = {"visibility": {"hidden", "after_due_date", "after_published", "visible"},
-         "status": {"passed", "failed"},
-         "format": {"text", "html", "simple_format", "md", "ansi"}}
-# what this autograder always writes, beyond the format's own rules
-REQUIRED_TEST_KEYS = ("name", "score", "max_score", "output", "visibility")
 
 SETUP_SH = """#!/usr/bin/env bash
 # Gradescope runs this once, as root, when it builds the autograder image.
@@ -199,14 +185,13 @@ def run(root: Path, python: str = sys.executable) -> int:
         print(f"grading {target} with model {config['model']!r}", flush=True)
         theme = str(root / "source" / THEME_FILE) if config.get("theme_file") else config.get(
             "theme", "")
-        if theme:  # the grader passes LABKIT_* on to the kernels and its own checks
-            os.environ["LABKIT_THEME"] = theme
         out = Path(tmp) / "out"
         cmd = [python, "-m", "grading", str(target), "--out", str(out),
                "--model", config["model"], "--timeout", str(config["timeout"]),
                "--cell-timeout", str(config["cell_timeout"]),
                "--memory-gb", str(config["memory_gb"]),
                "--integrity-visibility", config.get("integrity_visibility", "visible")]
+        cmd += ["--theme", theme] if theme else []
         try:
             proc = subprocess.run(cmd, cwd=root / "source", timeout=config["timeout"] + 900)
             produced = sorted(out.glob("*/results.json"))
@@ -220,24 +205,11 @@ def run(root: Path, python: str = sys.executable) -> int:
                 "problem on the grading side, not necessarily in your notebooks: resubmit, "
                 "or tell your instructor.", time.monotonic() - start))
             return 1
-        results = to_gradescope(json.loads(produced[0].read_text(encoding="utf-8")))
+        results = json.loads(produced[0].read_text(encoding="utf-8"))
     write_results(results_file, results)
     print(f"score {results['score']:g}/{results['extra_data']['max_score']:g} -> "
           f"{results_file}", flush=True)
     return 0
-
-
-def to_gradescope(graded: dict) -> dict:
-    """The grader's results.json, narrowed to Gradescope's documented keys (its total
-    goes to extra_data, which the format keeps for the instructor)."""
-    results = {k: v for k, v in graded.items() if k in TOP_KEYS}
-    results["execution_time"] = int(round(graded.get("execution_time", 0)))
-    results["extra_data"] = {"max_score": graded.get("max_score", MAX_POINTS)}
-    results.setdefault("output_format", "text")
-    results.setdefault("test_output_format", "text")
-    results["tests"] = [{k: v for k, v in t.items() if k in TEST_KEYS}
-                        for t in graded.get("tests", [])]
-    return results
 
 
 def failure(message: str, seconds: float) -> dict:
@@ -247,58 +219,6 @@ def failure(message: str, seconds: float) -> dict:
             "extra_data": {"max_score": MAX_POINTS},
             "tests": [{"name": "Submission graded", "score": 0, "max_score": MAX_POINTS,
                        "status": "failed", "output": message, "visibility": "visible"}]}
-
-
-def write_results(path: Path, results: dict) -> None:
-    problems = validate(results)
-    if problems:  # a bug here, never the student's: fail loudly in the instructor's log
-        raise ValueError("results.json does not match Gradescope's format: "
-                         + "; ".join(problems))
-    path.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-
-
-def validate(results) -> list[str]:
-    """Problems with `results` as Gradescope's results.json: documented keys only, with
-    their types and allowed values; a score at the top or on every test; and what this
-    autograder always writes (a top-level score; each test's name, score, max_score,
-    output, visibility)."""
-    if not isinstance(results, dict):
-        return ["results.json must be a JSON object"]
-    problems = _check(results, TOP_KEYS, "results")
-    tests = results.get("tests", [])
-    if "score" not in results:
-        problems.append("results: no top-level 'score'")
-    for i, test in enumerate(tests if isinstance(tests, list) else []):
-        where = f"tests[{i}]"
-        if not isinstance(test, dict):
-            problems.append(f"{where}: must be an object")
-            continue
-        problems += _check(test, TEST_KEYS, where)
-        problems += [f"{where}: no '{k}'" for k in REQUIRED_TEST_KEYS if k not in test]
-    for i, tag_list in enumerate(t.get("tags") for t in tests if isinstance(t, dict)):
-        if tag_list is not None and not all(isinstance(x, str) for x in tag_list):
-            problems.append(f"tests[{i}].tags: must be strings")
-    return problems
-
-
-def _check(obj: dict, spec: dict, where: str) -> list[str]:
-    problems = [f"{where}: unknown key '{k}' (not in Gradescope's format)"
-                for k in obj if k not in spec]
-    for key, kind in spec.items():
-        if key not in obj:
-            continue
-        value, ok = obj[key], True
-        if kind == "number":
-            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-                  and math.isfinite(value))
-        elif kind in ENUMS:
-            ok = value in ENUMS[kind]
-        else:
-            ok = isinstance(value, {"str": str, "dict": dict, "list": list}[kind])
-        if not ok:
-            allowed = f"one of {sorted(ENUMS[kind])}" if kind in ENUMS else f"a {kind}"
-            problems.append(f"{where}.{key}: {value!r} is not {allowed}")
-    return problems
 
 
 # ----------------------------------------------------------------------------- command line
@@ -320,23 +240,21 @@ def main(argv=None) -> int:
     parser.add_argument("--theme", default=os.environ.get("LABKIT_THEME") or None,
                         help="the class's preference theme: a shipped name or a .toml file "
                              "(LABKIT_THEME; default: labkit's default theme)")
-    parser.add_argument("--timeout", type=float, default=1800,
-                        help="seconds for one submission's notebooks, all together (keep it "
-                             "under the assignment's autograder timeout)")
-    parser.add_argument("--cell-timeout", type=float, default=300, help="seconds per cell")
-    parser.add_argument("--memory-gb", type=float, default=16,
-                        help="address-space limit of each kernel")
+    Limits.add_arguments(parser, "total_timeout", "cell_timeout", "memory_gb")
     parser.add_argument("--torch-index", default=TORCH_INDEX,
                         help="pip index for torch in setup.sh ('' for PyPI)")
     parser.add_argument("--integrity-visibility", default="visible",
-                        choices=sorted(ENUMS["visibility"]),
+                        choices=VISIBILITIES,
                         help="when students see the auto-grader-only (integrity) items: "
                              "visible (default) or e.g. after_published")
     args = parser.parse_args(argv)
-    if args.timeout <= 0 or args.cell_timeout <= 0 or args.memory_gb <= 0:
-        parser.error("--timeout, --cell-timeout and --memory-gb must be positive")
-    config = {"model": args.model, "timeout": args.timeout, "cell_timeout": args.cell_timeout,
-              "memory_gb": args.memory_gb, "torch": TORCH_CPU, "torch_index": args.torch_index,
+    try:
+        limits = Limits.from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    config = {"model": args.model, "timeout": limits.total_timeout,
+              "cell_timeout": limits.cell_timeout, "memory_gb": limits.memory_gb,
+              "torch": TORCH_CPU, "torch_index": args.torch_index,
               "integrity_visibility": args.integrity_visibility}
     if args.theme:
         from labkit.themes import ThemeError, load_theme, theme_path

@@ -15,13 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-from labkit import artifacts
+from labkit import artifacts, runtime
+from labkit.__main__ import add_run_arguments
 from labkit.release import NOTEBOOKS_DIR
 from labkit.steps import Step1Baseline, Step2Meta, Step3Training, Step4Report
-from labkit.themes import THEMES_DIR, load_theme
+from labkit.themes import load_theme
 
-from . import checks
-from .kernel import execute_notebook
+from .checks import check_step1, check_step2, check_step3, check_step4
+from .run.kernel import execute_notebook
 
 
 def notebook_paths(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -32,7 +33,7 @@ def notebook_paths(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
     return paths
 
 
-def key_figure(step: int, run_dir: Path) -> str:
+def key_figure(step: int, run_dir: Path, theme=None) -> str:
     """One number per step that tells a reader whether it worked."""
     try:
         if step == 1:
@@ -47,7 +48,7 @@ def key_figure(step: int, run_dir: Path) -> str:
         m = Step4Report.load(run_dir).metrics
         text = f"{m['changed_outputs']}/{m['held_prompts']} held outputs changed"
         if m.get("style_rate_before") is not None:
-            judge = load_theme().judge
+            judge = (theme or load_theme()).judge
             text += (f", {judge.preferred if judge else 'preferred'} style "
                      f"{m['style_rate_before']:.2f} -> {m['style_rate_after']:.2f}")
         return text
@@ -55,54 +56,41 @@ def key_figure(step: int, run_dir: Path) -> str:
         return f"(no artifact: {exc})"[:80]
 
 
-def quiet_progress_bars() -> None:
-    """No library progress bars in this process: the runner prints one line per step, and
-    the checks load models here (transformers draws "Loading weights" bars on stderr).
-    The notebooks' kernels are separate processes: their bars stay in the notebooks."""
-    import datasets
-    import huggingface_hub.utils
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    huggingface_hub.utils.disable_progress_bars()
-
-
 def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
             notebooks_dir: Path = NOTEBOOKS_DIR, theme: str | None = None) -> dict:
     """Execute the four notebooks, grade each step, write `run_dir/report.json`.
-    `theme` (else `LABKIT_THEME`) is checked first, then passed to the kernels."""
-    if theme:
-        os.environ["LABKIT_THEME"] = theme
-    theme_used = load_theme()  # a bad theme file fails here, before any notebook runs
-    if theme_used.path.parent != THEMES_DIR:  # a file of the instructor's: kernels' cwd differs
-        os.environ["LABKIT_THEME"] = str(theme_used.path.resolve())
+    `theme` (else `LABKIT_THEME`) is checked first, then passed to the kernels in their
+    environment; this process's own environment is left as it was."""
+    theme_used = load_theme(theme)  # a bad theme file fails here, before any notebook runs
     print(f"theme: {theme_used.name} - {theme_used.title}", flush=True)
-    quiet_progress_bars()
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["LABKIT_RUN_DIR"] = str(run_dir)
-    os.environ["LABKIT_STATIC_WIDGETS"] = "1"  # no browser: the explorer saves as HTML
-    # kernels inherit it: OpenMP's default spin-waiting made CPU training 2-25x slower
-    # whenever anything else ran on a 2-core machine (docs/benchmarks.md)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env = {**os.environ, "LABKIT_RUN_DIR": str(run_dir), "LABKIT_THEME": theme_used.reference,
+           "LABKIT_STATIC_WIDGETS": "1"}  # no browser: the explorer saves as HTML
+    # OpenMP's default spin-waiting made CPU training 2-25x slower whenever anything else
+    # ran on a 2-core machine (docs/benchmarks.md)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if model:
-        os.environ["LABKIT_MODEL"] = model
+        env["LABKIT_MODEL"] = model
+    checks = {1: check_step1, 2: lambda r: check_step2(r, theme=theme_used), 3: check_step3,
+              4: lambda r: check_step4(r, theme=theme_used)}
     steps, start = [], time.perf_counter()
-    for step, path in enumerate(notebook_paths(notebooks_dir), start=1):
-        print(f"[{step}/4] {path.name} ...", flush=True)
-        began = time.perf_counter()
-        run = execute_notebook(path, step, cell_timeout=cell_timeout, save_to=run_dir / "executed")
-        error = None if run.status == "ok" else f"{run.status}: {run.message}"
-        seconds = time.perf_counter() - began
-        result = checks.CHECKS[step](run_dir)
-        steps.append({"step": step, "notebook": path.name, "passed": bool(result.passed),
-                      "score": result.score, "max_score": result.max_score,
-                      "seconds": round(seconds, 1), "error": error,
-                      "key_figure": key_figure(step, run_dir)})
-        print(f"      {'PASS' if result.passed else 'FAIL'} {result.score}/{result.max_score} "
-              f"in {seconds:.1f} s - {steps[-1]['key_figure']}"
-              + (f"\n      error: {error}" if error else ""), flush=True)
+    with runtime.progress_bars_off():  # the checks load models here: one line per step
+        for step, path in enumerate(notebook_paths(notebooks_dir), start=1):
+            print(f"[{step}/4] {path.name} ...", flush=True)
+            began = time.perf_counter()
+            run = execute_notebook(path, step, cell_timeout=cell_timeout,
+                                   save_to=run_dir / "executed", env=env)
+            error = None if run.status == "ok" else f"{run.status}: {run.message}"
+            seconds = time.perf_counter() - began
+            result = checks[step](run_dir)
+            steps.append({"step": step, "notebook": path.name, "passed": bool(result.passed),
+                          "score": result.score, "max_score": result.max_score,
+                          "seconds": round(seconds, 1), "error": error,
+                          "key_figure": key_figure(step, run_dir, theme_used)})
+            print(f"      {'PASS' if result.passed else 'FAIL'} {result.score}/"
+                  f"{result.max_score} in {seconds:.1f} s - {steps[-1]['key_figure']}"
+                  + (f"\n      error: {error}" if error else ""), flush=True)
     report = _report(run_dir, steps, time.perf_counter() - start)
     report["theme"] = theme_used.name
     artifacts.save_json(run_dir / "report.json", report, kind="lab_report")
@@ -144,12 +132,7 @@ def print_summary(report: dict) -> None:
 def main(argv=None) -> int:
     """`python -m grading.runner` (what `python -m labkit run` runs)."""
     parser = argparse.ArgumentParser(prog="python -m labkit run", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", help="gpt2 (default), teaching, a hub id or a local path")
-    parser.add_argument("--run-dir", help="where artifacts go (default: $LABKIT_RUN_DIR or "
-                        "runs/default)")
-    parser.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell")
-    parser.add_argument("--theme", help="a theme name or .toml path (default: $LABKIT_THEME "
-                        "or plain); labkit/themes/ lists the shipped ones")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     report = run_lab(artifacts.run_dir(args.run_dir), model=args.model,
                      cell_timeout=args.cell_timeout, theme=args.theme)

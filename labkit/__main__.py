@@ -30,6 +30,16 @@ def _real_model(args) -> int:
     return 0
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """`labkit run`'s arguments, declared once: here and in the runner it hands over to."""
+    parser.add_argument("--model", help="gpt2 (default), teaching, a hub id or a local path")
+    parser.add_argument("--run-dir", help="where artifacts go (default: $LABKIT_RUN_DIR or "
+                        "runs/default)")
+    parser.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell")
+    parser.add_argument("--theme", help="a theme name or .toml path (default: $LABKIT_THEME "
+                        "or plain); labkit/themes/ lists the shipped ones")
+
+
 def _run(args) -> int:
     """Hand over to the headless runner, `python -m grading.runner`, in a new process: it
     runs each step's check, and labkit (the lower package) never imports grading."""
@@ -63,10 +73,7 @@ def main(argv=None) -> int:
                       "(default: $LABKIT_CACHE/smollm2-135m-instruct)")
     real.set_defaults(func=_real_model)
     run = sub.add_parser("run", help="run the whole lab headless -> RUN_DIR/report.json")
-    run.add_argument("--model", help="gpt2 (default), teaching, a hub id or a local path")
-    run.add_argument("--run-dir", help="where artifacts go (default: $LABKIT_RUN_DIR or runs/default)")
-    run.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell")
-    run.add_argument("--theme", help="theme name or .toml path (default: $LABKIT_THEME or plain)")
+    add_run_arguments(run)
     run.set_defaults(func=_run)
     rel = sub.add_parser("release", help="write the student version of the notebooks")
     rel.add_argument("--out", required=True, help="output directory")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -102,6 +103,20 @@ def _jsonable(value):
     raise TypeError(f"cannot store {type(value).__name__} in a JSON artifact")
 
 
+def finite(value) -> bool:
+    """A real, finite number (not a bool, not NaN or infinity): what a metric must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def file_sha256(path: Path, digest=None) -> str:
+    """sha256 of a file's bytes, read in blocks (weights and wheels can be large)."""
+    digest = digest or hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def weights_sha256(directory: Path) -> str:
     """sha256 over the weight files of a `save_pretrained` folder (names and bytes)."""
     directory = Path(directory)
@@ -111,9 +126,7 @@ def weights_sha256(directory: Path) -> str:
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.name.encode())
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        file_sha256(file, digest)
     return digest.hexdigest()
 
 

@@ -7,14 +7,11 @@ r = β·(log π_θ − log π_ref): how much more likely the policy made it than
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from . import runtime
-
-LN2 = math.log(2.0)
+from .health import LN2  # noqa: F401 - ln 2, the loss at step 1 (its home: health)
 
 
 def _completion_start(prompt_ids: list[int], full_ids: list[int]) -> int:

@@ -3,7 +3,7 @@
 Left padding plus an attention mask makes a batch decode exactly like one prompt at a time
 (tested), so batching is pure speed. Only the new tokens are returned: as text, or with
 `return_ids=True` also as the generated token ids (cut after the first EOS), which is what
-`labkit.verify` checks: decoded text does not always re-tokenize to the same ids.
+`grading.checks.verify` checks: decoded text does not always re-tokenize to the same ids.
 """
 from __future__ import annotations
 

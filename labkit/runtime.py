@@ -85,6 +85,29 @@ def known_warnings_ignored():
 
 
 @contextmanager
+def progress_bars_off():
+    """No progress bars from transformers, datasets or the hub inside the block (each
+    library's own switch restored after): the one place they are turned off."""
+    import datasets
+    import huggingface_hub.utils as hub
+    from transformers.utils import logging as tf_log
+
+    saved = (tf_log.is_progress_bar_enabled(), datasets.is_progress_bar_enabled(),
+             not hub.are_progress_bars_disabled())
+    tf_log.disable_progress_bar()
+    datasets.disable_progress_bars()
+    hub.disable_progress_bars()
+    try:
+        yield
+    finally:
+        for was_on, enable in zip(saved, (tf_log.enable_progress_bar,
+                                          datasets.enable_progress_bars,
+                                          hub.enable_progress_bars)):
+            if was_on:
+                enable()
+
+
+@contextmanager
 def quiet_libraries():
     """Progress bars and INFO/WARNING logging of transformers/datasets/TRL off inside the
     block (their own settings restored after); tokenizers' fork warning off."""
@@ -92,32 +115,28 @@ def quiet_libraries():
     import transformers
 
     tf_log, ds_log = transformers.utils.logging, datasets.utils.logging
-    saved = (tf_log.get_verbosity(), tf_log.is_progress_bar_enabled(), ds_log.get_verbosity(),
-             datasets.is_progress_bar_enabled(),
+    saved = (tf_log.get_verbosity(), ds_log.get_verbosity(),
              {n: logging.getLogger(n).level for n in ("trl", "transformers", "accelerate")},
              logging.getLogger("transformers.training_args").level,
              os.environ.get("TOKENIZERS_PARALLELISM"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tf_log.set_verbosity_error()
-    tf_log.disable_progress_bar()
     ds_log.set_verbosity_error()
-    datasets.disable_progress_bars()
-    for name in saved[4]:
+    for name in saved[2]:
         logging.getLogger(name).setLevel(logging.ERROR)
     # TrainingArguments' disable_tqdm=None means "off when transformers logs above WARNING":
     # keep training's own progress bar (notebooks show it; headless runs set disable_tqdm)
     logging.getLogger("transformers.training_args").setLevel(logging.WARNING)
     try:
-        yield
+        with progress_bars_off():
+            yield
     finally:
         tf_log.set_verbosity(saved[0])
-        (tf_log.enable_progress_bar if saved[1] else tf_log.disable_progress_bar)()
-        ds_log.set_verbosity(saved[2])
-        (datasets.enable_progress_bars if saved[3] else datasets.disable_progress_bars)()
-        for name, level in saved[4].items():
+        ds_log.set_verbosity(saved[1])
+        for name, level in saved[2].items():
             logging.getLogger(name).setLevel(level)
-        logging.getLogger("transformers.training_args").setLevel(saved[5])
-        if saved[6] is None:
+        logging.getLogger("transformers.training_args").setLevel(saved[3])
+        if saved[4] is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
 
 

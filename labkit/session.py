@@ -9,6 +9,7 @@ import platform
 from .config import LabConfig
 
 _POLICY = None  # the ExitStack of the policy in force; re-running start() replaces it
+HUB_BARS = "HF_HUB_DISABLE_PROGRESS_BARS"  # the hub reads it at each download
 
 
 def environment_report(cfg: LabConfig) -> dict:
@@ -35,11 +36,13 @@ def start(step: int) -> LabConfig:
     from . import runtime
     from .models import pick_device
 
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     cfg = LabConfig.from_env()
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     stop()
     _POLICY = runtime.lab_policy(cfg.model, pick_device(cfg.device))
+    if HUB_BARS not in os.environ:  # set here, so removed again by stop()
+        os.environ[HUB_BARS] = "1"
+        _POLICY.callback(os.environ.pop, HUB_BARS, None)
     torch.manual_seed(cfg.seed)
     report = environment_report(cfg)
     print(f"DPO Lab - step {step}")

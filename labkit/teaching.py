@@ -265,16 +265,9 @@ def build_teaching_model(out_dir: Path | None = None, progress: bool = True) -> 
 
 def _save_quietly(model, tokenizer, path: Path) -> None:
     """Without transformers' "Writing model shards" bar: the build shows its own."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with runtime.progress_bars_off():
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _build(out_dir: Path, progress: bool) -> Path:

@@ -132,8 +132,8 @@ def test_symlinked_artifacts_are_not_followed(run_submission, tmp_path):
 def test_student_loss_is_tested_from_the_notebook_alone(tmp_path):
     """student_code.check_student_loss: solution passes; a wrong loss, the release's stub, a
     notebook without the function and one that hangs at definition time all fail."""
-    from grading.sandbox import Sandbox
-    from grading.student_code import check_student_loss, definitions_source
+    from grading.run.sandbox import Sandbox
+    from grading.run.student_code import check_student_loss, definitions_source
 
     box = Sandbox(tmp_path / "box", "teaching").create()
     nb3 = craft.NOTEBOOKS / craft.NAMES[3]

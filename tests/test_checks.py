@@ -1,4 +1,4 @@
-"""grading.checks on run directories made by the real lab (`lab_run`: `python -m labkit run`
+"""grading.check on run directories made by the real lab (`lab_run`: `python -m labkit run`
 on the teaching model), and on copies edited the way students' mistakes edit them.
 
 Checks must never raise on a student's mistake: a missing artifact is "not done yet" with a
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import grading
-from grading import checks, integrity, results, rubric
+from grading import checks
+from grading.checks import integrity, results, rubric
 from labkit import artifacts as A
 from tests.conftest import edit_json
 

@@ -19,7 +19,7 @@ LAST_TOKEN = ("    last = attention_mask.sum(dim=1) - 2\n"
 
 
 def case_tensors(seed=0):
-    from grading.student_logps import make_cases
+    from grading.run.student_logps import make_cases
 
     case = make_cases(seed)[1]
     return (torch.tensor(case["logits"]), torch.tensor(case["input_ids"]),
@@ -55,8 +55,8 @@ def variant_notebook(tmp_path: Path, body: str) -> Path:
 
 
 def test_grader_scores_the_exercise_from_notebook_3_alone(tmp_path):
-    from grading.student_code import definitions_source
-    from grading.student_logps import check_student_logps
+    from grading.run.student_code import definitions_source
+    from grading.run.student_logps import check_student_logps
 
     source = definitions_source(NB3)
     assert "def compute_sequence_logps" in source and "trainer.train()" not in source
@@ -68,7 +68,7 @@ def test_grader_scores_the_exercise_from_notebook_3_alone(tmp_path):
 
 
 def test_grader_fails_the_release_stub_and_a_missing_function(tmp_path):
-    from grading.student_logps import check_student_logps
+    from grading.run.student_logps import check_student_logps
     from labkit.release import release
 
     release(ROOT / "notebooks", tmp_path / "student")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from grading import gradescope, sandbox
+from grading import gradescope
+from grading.run import sandbox
 from tests.conftest import record_figure
 from tests.submissions import craft
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from grading import bounds, checks, integrity
-from grading.rubric import max_points
+from grading import checks
+from grading.checks import bounds, integrity
+from grading.checks.rubric import max_points
 from labkit import artifacts as A
 from tests.conftest import edit_json
 
@@ -48,7 +49,9 @@ def test_a_guard_turns_any_exception_into_that_items_failure():
 def test_pairs_on_held_out_evaluation_concepts_are_named():
     rows = [{"prompt": "Explain a Binary  Tree.\n"}, {"prompt": "Explain a function.\n"},
             {"prompt": "What are pointers?\n"}, {"prompt": "Explain a paragraph.\n"}]
-    found = checks.heldout_concept_problems(rows, lines=[1, 2, 3, 4])
+    from grading.checks.step2 import heldout_concept_problems
+
+    found = heldout_concept_problems(rows, lines=[1, 2, 3, 4])
     tail = ", a concept step 4 keeps for its held-out evaluation: choose another concept"
     assert [str(p) for p in found] == [
         "row 1 (line 1), field 'prompt': uses 'a binary tree'" + tail,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from grading import checks, policy
+from grading import checks
+from grading.checks import policy
 from labkit import artifacts as A
 from tests import _runs
 from tests.conftest import edit_json

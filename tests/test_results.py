@@ -1,4 +1,4 @@
-"""What a graded submission shows, and to whom (grading.results): the integrity items'
+"""What a graded submission shows, and to whom (grading.checks.results): the integrity items'
 Gradescope visibility is the instructor's choice, the written (reflection) answers reach the
 instructor as 0-point items and feedback.md, and no internal placeholder reaches anyone."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from grading import gradescope as gs
-from grading import results
+from grading.checks import gradescope_format, report, results
 from labkit.reflections import collect_all
 
 ROOT = Path(__file__).resolve().parent.parent

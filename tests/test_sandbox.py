@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from grading.sandbox import Limits, Sandbox, namespaces_work
+from grading.run.sandbox import Limits, Sandbox, namespaces_work
 from tests.submissions import craft
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +132,7 @@ def test_the_no_namespace_path_still_runs_under_its_limits(tmp_path, monkeypatch
 
 
 def test_a_submission_folder_is_copied_by_sizes_seen_before_reading(tmp_path):
-    from grading.submission import copy_submission
+    from grading.run.submission import copy_submission
 
     src = tmp_path / "sub"
     (src / "data").mkdir(parents=True)
@@ -150,7 +150,7 @@ def test_a_submission_folder_is_copied_by_sizes_seen_before_reading(tmp_path):
 
 
 def test_an_oversized_policy_folder_is_refused_from_lstat(tmp_path):
-    from grading.submission import copy_artifacts
+    from grading.run.submission import copy_artifacts
 
     policy = tmp_path / "run" / "step3_policy"
     policy.mkdir(parents=True)
@@ -166,7 +166,7 @@ def test_the_grading_phase_has_its_own_time_limit(run):
     The limit counts the checks on the submission (about 0.1 s for the teaching model's
     run, a hundred times this limit), not the grader loading its own base model."""
     from grading import autograde
-    from grading.rubric import items_for
+    from grading.checks.rubric import items_for
 
     opts = autograde.Options(model="teaching", execute=False,
                              limits=Limits(grading_timeout=0.001))

@@ -1,5 +1,5 @@
-"""The from-scratch exercises of notebook 3 graded from the notebook alone (grading.student_code,
-grading.student_logps): honest solutions pass, however the loss is written; the classic
+"""The from-scratch exercises of notebook 3 graded from the notebook alone (grading.run.student_code,
+grading.run.student_logps): honest solutions pass, however the loss is written; the classic
 mistakes fail both the in-notebook self-check and the grader, each with its hint; calling the
 reference earns nothing; and the result channel cannot be spoofed by the student's code."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ import nbformat
 import pytest
 import torch
 
-from grading.student_code import check_student_loss, make_cases, reference_calls
-from grading.student_logps import check_student_logps
+from grading.run.student_code import check_student_loss, make_cases, reference_calls
+from grading.run.student_logps import check_student_logps
 from tests._runs import run_local
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def loss_notebook(tmp_path: Path, body: str, before: str = "", name: str = "nb")
 
 def own_function(path: Path, name: str):
     """The notebook's import cells and def `name`, run here (the in-notebook self-check)."""
-    from grading.student_code import definitions_source
+    from grading.run.student_code import definitions_source
 
     namespace: dict = {}
     exec(definitions_source(path), namespace)
@@ -232,13 +232,13 @@ def test_code_that_runs_while_the_definitions_load_cannot_spoof_the_result(tmp_p
     assert exit_after or message.startswith("loss differs from the reference"), message
     # and the same answers, returned by the function itself, would have passed
     honest = forged_answers(0)
-    from grading.student_code import compare_with_reference
+    from grading.run.student_code import compare_with_reference
 
     assert compare_with_reference(make_cases(0), honest)[0]
 
 
 def test_the_inputs_are_fresh_each_run():
-    from grading import student_code
+    from grading.run import student_code
 
     assert make_cases(1) != make_cases(2)
     seen = []
@@ -259,7 +259,7 @@ def test_no_spoof_inside_the_namespace_sandbox_either(tmp_path):
     """Inside the namespaces the fork is root of its user namespace: it drops every
     capability before loading the definitions, so the driver's stdin (the key) and stdout
     stay closed to it there too."""
-    from grading.sandbox import Sandbox
+    from grading.run.sandbox import Sandbox
 
     box = Sandbox(tmp_path / "box", "teaching").create()
     nb = nbformat.read(NB3, as_version=4)

@@ -39,7 +39,7 @@ def test_every_case_builds_from_the_current_notebooks(tmp_path):
 
 
 def test_expectations_name_real_items_or_say_what_they_wait_for():
-    from grading.rubric import items_for
+    from grading.checks.rubric import items_for
 
     for case in corpus.CASES:
         names = {i.name for s in case.graded_steps for i in items_for(s)}

@@ -143,7 +143,10 @@ def test_gradescope_items_carry_the_answers_at_zero_points():
              "answer": "Accuracy.", "answered": True},
             {"notebook": "04_before_after.ipynb", "id": "R4.2", "question": "10x lr?",
              "answer": "", "answered": False}]
-    items = reflections.gradescope_tests(rows)
+    from grading.checks.report import SubmissionResult
+
+    items = [t for t in SubmissionResult("s", "s", reflections=rows).gradescope()["tests"]
+             if t["name"].startswith("Written")]
     assert [i["name"] for i in items] == ["Written answer R4.1 (04_before_after.ipynb)",
                                           "Written answer R4.2 (04_before_after.ipynb)"]
     assert all(i["score"] == i["max_score"] == 0 and i["visibility"] == "hidden" for i in items)

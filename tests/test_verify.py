@@ -1,4 +1,4 @@
-"""labkit.verify: recorded greedy outputs checked by one teacher-forced forward pass, so that
+"""grading.checks.verify: recorded greedy outputs checked by one teacher-forced forward pass, so that
 outputs made on another device or dtype (bf16 on a GPU) grade the same on a CPU in fp32."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from labkit import teaching
 from labkit.config import GenerationSpec
 from labkit.generation import generate
-from labkit.verify import verify_outputs
+from grading.checks.verify import verify_outputs
 from tests.conftest import record_figure
 
 PROMPTS = list(teaching.HELDOUT_PROMPTS[:6]) + [teaching.NEUTRAL_PROMPTS[0]]

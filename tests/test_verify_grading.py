@@ -1,4 +1,4 @@
-"""The output checks grade by teacher-forced verification (labkit.verify), not by
+"""The output checks grade by teacher-forced verification (grading.checks.verify), not by
 regenerating: outputs made in bf16 grade the same in fp32, a hand-edited output still fails,
 and runs recorded before the token ids were saved are verified from their text."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from grading import integrity
+from grading.checks import integrity
 from labkit import artifacts as A
 from tests.conftest import edit_json
 
@@ -29,7 +29,7 @@ def test_bf16_made_artifacts_grade_the_same_in_fp32(run, teaching, figure):
     them with their ids, and grade with the fp32 models: both items pass."""
     import torch
 
-    from grading.policy import load_policy
+    from grading.checks.policy import load_policy
     from labkit.config import GenerationSpec
     from labkit.generation import generate
 

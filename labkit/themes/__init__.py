@@ -100,6 +100,14 @@ class Theme:
     path: Path | None = None
 
     @property
+    def reference(self) -> str:
+        """How another process names this theme: a shipped theme by its name, an
+        instructor's file by its absolute path (that process's working folder differs)."""
+        if self.path is None or self.path.resolve().parent == THEMES_DIR.resolve():
+            return self.name
+        return str(self.path.resolve())
+
+    @property
     def held_prompts(self) -> list[str]:
         return [*self.theme_prompts, *self.far_prompts]
 

@@ -3,7 +3,7 @@
 Every case is derived from the solution notebooks by small named edits (matching source
 text, so a case follows the notebooks as they change and fails loudly when its text is
 gone) and states, *before* grading, which rubric items it should fail and why. Points are
-never written down: they come from grading.rubric at grading time, so a reweighted rubric
+never written down: they come from grading.checks.rubric at grading time, so a reweighted rubric
 does not break the corpus.
 
 Kinds of case (kept cheap):

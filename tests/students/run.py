@@ -38,7 +38,7 @@ def grade(subs: list[Path], out: Path, *extra: str, jobs: int = 2, timeout: int 
 
 def compare(case: Case, results_json: Path) -> Outcome:
     """Every item of the case's graded steps against the case's expectation."""
-    from grading.rubric import items_for
+    from grading.checks.rubric import items_for
 
     rubric = [i for s in case.graded_steps for i in items_for(s)]
     names = {i.name for i in rubric}

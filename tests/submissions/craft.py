@@ -55,7 +55,7 @@ HOSTILE = '''
 # Everything a cheating or curious notebook might try; none of it may change the grade.
 import glob, json, os, pathlib
 import grading, grading.checks as gc
-from grading.results import CheckItem, CheckResult
+from grading.checks.results import CheckItem, CheckResult
 
 fake = lambda *args, **kwargs: CheckResult(1, [CheckItem("fake", 1000, True, "pwned")])
 gc.check_step1 = gc.check_step2 = gc.check_step3 = gc.check_step4 = fake

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from labkit.artifacts import finite
 from labkit.steps import Step2Meta, Step3Training
 
 from .results import CheckItem, scored
@@ -123,8 +124,8 @@ def provenance(run: Path, rec: Step3Training, base) -> tuple[bool, str]:
     cfg = rec.dpo_config if isinstance(rec.dpo_config, dict) else {}
     cc = rec.crosscheck if isinstance(rec.crosscheck, dict) else {}
     beta, batch = cfg.get("beta"), cfg.get("per_device_train_batch_size")
-    recorded = next((cc[k] for k in ("labkit_loss", "trl_loss") if _finite(cc.get(k))), None)
-    if not (_finite(beta) and beta > 0 and isinstance(batch, int) and batch >= 1):
+    recorded = next((cc[k] for k in ("labkit_loss", "trl_loss") if finite(cc.get(k))), None)
+    if not (finite(beta) and beta > 0 and isinstance(batch, int) and batch >= 1):
         return False, "dpo_config lacks a positive beta and per_device_train_batch_size"
     if recorded is None:
         return False, ("no recorded crosscheck loss (labkit_loss) to tie these weights to their "
@@ -153,6 +154,3 @@ def provenance(run: Path, rec: Step3Training, base) -> tuple[bool, str]:
                        f"{LEARNED_BELOW:.3f} with a positive margin)")
     return True, text
 
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

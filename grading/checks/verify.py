@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import GenerationSpec
-from .generation import cut_at_eos
+from labkit.config import GenerationSpec
+from labkit.generation import cut_at_eos
 
 # Outputs made in bf16 were within 0.10 logits of the fp32 top choice on SmolLM2-135M and
 # 0.03 on the teaching model (docs/models.md); an

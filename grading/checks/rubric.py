@@ -1,6 +1,6 @@
-"""The points table: every graded item of steps 1-4, as data (results: grading.results).
+"""The points table: every graded item of steps 1-4, as data (results: grading.checks.results).
 
-Checks (grading.checks) and the auto-grader look points and descriptions up here, so the
+Checks (grading.check) and the auto-grader look points and descriptions up here, so the
 rubric an instructor reads is exactly the one that is scored. Items marked `integrity` are
 recomputations only the auto-grader runs (they need the notebook file, the grader's own copy
 of the base model, or teacher-forced verification); `grading.check(N)` in a notebook lists them but does
@@ -32,7 +32,7 @@ RUBRIC: tuple[Item, ...] = (
     Item(1, "outputs", 5, "one non-empty output per prompt"),
     Item(1, "baseline_reproduces", 5, "the base model produces these outputs with the recorded "
          "GenerationSpec: teacher-forced, each recorded token the top choice within "
-         "labkit.verify's tolerance (device/dtype independent); recorded ids decode to the text",
+         "grading.checks.verify's tolerance (device/dtype independent); recorded ids decode to the text",
          integrity=True),
     # Step 2: preference pairs
     Item(2, "pairs_saved", 5, "step2_preferences.jsonl and step2_meta.json exist and agree "

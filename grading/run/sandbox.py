@@ -25,7 +25,9 @@ from pathlib import Path
 
 from labkit.config import cache_dir
 
-REPO = Path(__file__).resolve().parents[1]
+from .. import REPO
+from .limits import Limits
+
 SYSTEM_DIRS = {"/", "/usr", "/bin", "/lib", "/lib64", "/etc", "/sbin", "/proc", "/sys", "/dev"}
 
 SCRIPT = Path(__file__).resolve().with_name("sandbox.sh")  # the namespace half
@@ -36,19 +38,6 @@ UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", 
 
 
 @dataclass
-class Limits:
-    cell_timeout: float = 300.0
-    total_timeout: float = 1800.0
-    memory_gb: float = 16.0
-    file_gb: float = 4.0
-    disk_gb: float = 10.0       # the whole work folder, checked after each notebook
-    processes: int = 512        # processes and threads of one submission's kernels
-    grading_timeout: float = 900.0  # the grader's checks and recomputation, per submission
-    copy_mb: float = 256.0      # what of a submission's folder is copied for the kernel
-    tmp_mb: int = 1024          # the kernel's private /tmp (memory-backed)
-
-
-@dataclass
 class Sandbox:
     """A submission's private folder: `root` is the grader's (kernel spec, logs; readable
     to the kernel), `root/work` the only place the kernel may write."""
@@ -56,8 +45,9 @@ class Sandbox:
     root: Path
     model: str
     limits: Limits = field(default_factory=Limits)
-    hide: tuple[Path, ...] = ()  # kept for callers: the allow-list hides everything else
     threads: int | None = None
+    settings: dict = field(default_factory=dict)  # LABKIT_* for the kernels (theme, ...)
+    allow_namespaces: bool = True  # False: the path a container that forbids them gets
     cgroup: Path | None = None  # a pids cgroup of this submission's kernels, when made
 
     @property
@@ -79,8 +69,10 @@ class Sandbox:
         return self
 
     def env(self) -> dict:
-        """Only configuration passes; tokens and credentials never do."""
+        """Only configuration passes (the grader's LABKIT_* and this box's `settings`);
+        tokens and credentials never do."""
         keep = {k: v for k, v in os.environ.items() if k.startswith("LABKIT_")}
+        keep.update(self.settings)
         keep.update(PATH=os.environ.get("PATH", "/usr/bin:/bin"), HOME=str(self.work),
                     TMPDIR=str(self.work / ".tmp"), LANG=os.environ.get("LANG", "C.UTF-8"),
                     LABKIT_MODEL=self.model, LABKIT_RUN_DIR=str(self.run_dir),
@@ -101,13 +93,18 @@ class Sandbox:
         # if the grader dies, its kernels die with it (setpriv: util-linux, like unshare)
         orphan_guard = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
         join = ["sh", "-c", JOIN_CGROUP, str(self.cgroup)] if self._pids_cgroup() else []
-        if not namespaces_work():
+        if not self.namespaces:
             limits = LIMITS_SCRIPT.format(mem_kb=mem_kb, fsize_kb=fsize_kb)
             return [*orphan_guard, *join, "bash", "-c", limits, "limits", *argv]
         config = self.root / "sandbox.conf"
         config.write_text(self.namespace_config(mem_kb, fsize_kb), encoding="utf-8")
         return [*orphan_guard, *join, *UNSHARE, "bash", str(SCRIPT), str(config),
                 str(_real(self.work)), *argv]
+
+    @property
+    def namespaces(self) -> bool:
+        """Whether this box's kernels run inside the namespace sandbox."""
+        return self.allow_namespaces and namespaces_work()
 
     def allowed(self) -> list[Path]:
         """What the kernel may read besides the system directories (all read-only): its
@@ -145,11 +142,11 @@ class Sandbox:
     def isolation(self) -> str:
         procs = (f"{self.limits.processes} processes (pids cgroup)" if self.cgroup else
                  f"{self.limits.processes} processes (ulimit -u: binds a non-root grader)")
-        if namespaces_work():
+        if self.namespaces:
             return ("namespaces: no network, own PID space, a filesystem by allow-list (system, "
                     "project code, venv, model caches read-only; private /tmp; only its work "
                     f"folder writable), limits: {procs}")
-        why = (f"namespaces turned off: {NO_NAMESPACES_ENV}=1" if namespaces_forced_off()
+        why = ("namespaces turned off" if not self.allow_namespaces or namespaces_forced_off()
                else "user namespaces are unavailable here")
         return f"environment only: scrubbed env, own HOME/TMPDIR, resource limits ({why})"
 

@@ -2,7 +2,7 @@
 `grade_run`, which adds them to the checks' results.
 
 With the grader's own trusted base model `base` = (model, tokenizer, info): verify the
-baseline and the aligned outputs by teacher forcing (labkit.verify: the same grade on any
+baseline and the aligned outputs by teacher forcing (grading.checks.verify: the same grade on any
 device or dtype; a hand-edited token fails), within the caps of `bounds`, and check the training
 log against its config and the step-2 data.
 """
@@ -13,14 +13,17 @@ from pathlib import Path
 
 from labkit.steps import Step1Baseline, Step3Training, Step4Report
 
-from . import bounds, checks
-from .checks import as_dict, finite
+from labkit.artifacts import finite
+
+from . import bounds
+from .common import as_dict, load, training_entries_of
+from .step2 import load_pairs
 from .policy import load_policy
 from .results import CheckItem, scored
 
 
 def baseline_reproduces_item(run: Path, base) -> CheckItem:
-    rec, err = checks.load(Step1Baseline, run)
+    rec, err = load(Step1Baseline, run)
     if rec is None:
         return scored(1, "baseline_reproduces", False, err)
     made_by = as_dict(rec.model).get("resolved")
@@ -32,8 +35,8 @@ def baseline_reproduces_item(run: Path, base) -> CheckItem:
 
 
 def outputs_reproduce_item(run: Path, base) -> CheckItem:
-    rec, err = checks.load(Step4Report, run)
-    step1, err1 = checks.load(Step1Baseline, run)
+    rec, err = load(Step4Report, run)
+    step1, err1 = load(Step1Baseline, run)
     if rec is None or step1 is None:
         return scored(4, "outputs_reproduce", False, err or err1)
     too_much = _bounds_problem(step1)
@@ -55,12 +58,12 @@ def _bounds_problem(step1: Step1Baseline) -> str | None:
 
 def _verifies(model, tokenizer, step1: Step1Baseline, expected, ids) -> tuple[bool, str]:
     """Could `model` have produced `expected` (the greedy outputs of step 1's prompts with
-    step 1's GenerationSpec)? Teacher-forced (labkit.verify): the recorded token ids when
+    step 1's GenerationSpec)? Teacher-forced (grading.checks.verify): the recorded token ids when
     given (their text must decode to `expected`), else the re-tokenized text; one forward
     pass, and a near-tie broken differently on another device or dtype still passes.
     A sampled spec is regenerated exactly (seeded) instead."""
     from labkit.config import GenerationSpec
-    from labkit.verify import verify_outputs
+    from .verify import verify_outputs
 
     too_much = _bounds_problem(step1)
     if too_much:
@@ -124,11 +127,11 @@ def _regenerates(model, tokenizer, prompts, spec, expected) -> tuple[bool, str]:
 
 def log_consistent_item(run: Path, base_info) -> CheckItem:
     """The log must be what this config on this data from this base model produces."""
-    rec, err = checks.load(Step3Training, run)
+    rec, err = load(Step3Training, run)
     if rec is None:
         return scored(3, "log_consistent", False, err)
-    entries, cfg = checks.training_entries_of(rec), as_dict(rec.dpo_config)
-    rows, _, meta, _ = checks.load_pairs(Path(run))
+    entries, cfg = training_entries_of(rec), as_dict(rec.dpo_config)
+    rows, _, meta, _ = load_pairs(Path(run))
     lr, n = cfg.get("learning_rate"), rec.n_pairs
     problems = [] if finite(lr) and lr > 0 else [f"learning_rate is {lr!r}: nothing can be "
                                                   "learned at 0"]
@@ -158,17 +161,23 @@ def _step_count_problems(cfg: dict, n, entries: list[dict]) -> list[str]:
                                         f"{bs} for {epochs} epochs make {expected} steps"]
 
 
-def grade_run(run: Path, base, student_loss: tuple[bool, str]):
+def grade_run(run: Path, base, exercises: dict[str, tuple[bool, str]], theme=None):
     """Every step's CheckResult on a (sanitised) run directory, integrity items included.
-    A step not done at all gets its integrity items as "not done yet" too, except
-    student_loss, which needs only notebook 3's code. Each step and each item runs under
-    its own guard: whatever a submission's data does, the other steps keep their credit."""
+    `exercises` holds the grade of each exercise's own code (name -> (passed, message):
+    student_loss, student_logps), which needs only notebook 3's code, so it is scored even
+    when step 3 was not done. A step not done at all gets its other integrity items as "not
+    done yet". Each step and each item runs under its own guard: whatever a submission's
+    data does, the other steps keep their credit. `theme`: the class's (default: the run's)."""
     from .results import all_failed
     from .rubric import NOT_DONE, items_for
+    from .step1 import check_step1
+    from .step2 import check_step2
+    from .step3 import check_step3
+    from .step4 import check_step4
 
     results = [_guarded_step(step, check, run, all_failed) for step, check in (
-        (1, checks.check_step1), (2, checks.check_step2),
-        (3, lambda r: checks.check_step3(r, base=base)), (4, checks.check_step4))]
+        (1, check_step1), (2, lambda r: check_step2(r, theme=theme)),
+        (3, lambda r: check_step3(r, base=base)), (4, lambda r: check_step4(r, theme=theme)))]
     recompute = {1: lambda: [bounds.guarded(1, "baseline_reproduces", baseline_reproduces_item,
                                             run, base)],
                  3: lambda: [bounds.guarded(3, "log_consistent", log_consistent_item,
@@ -178,11 +187,11 @@ def grade_run(run: Path, base, student_loss: tuple[bool, str]):
     for result in results:
         if result.status == NOT_DONE:
             items = [scored(result.step, i.name, False, NOT_DONE) for i in
-                     items_for(result.step, integrity=True) if i.name != "student_loss"]
+                     items_for(result.step, integrity=True) if i.name not in exercises]
         else:
             items = recompute.get(result.step, list)()
-        if result.step == 3:
-            items.append(scored(3, "student_loss", *student_loss))
+        items += [scored(result.step, name, *grade) for name, grade in exercises.items()
+                  if any(i.name == name for i in items_for(result.step))]
         result.add(items)
     return results
 

@@ -9,28 +9,18 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from ..checks.report import NotebookRun
 from .sandbox import Sandbox, _kill_group
 
 
-@dataclass
-class NotebookRun:
-    """What happened when one notebook ran: status is ok, error, timeout, died, invalid,
-    missing or skipped."""
-
-    step: int
-    notebook: str
-    status: str
-    message: str = ""
-    seconds: float = 0.0
-
-
 def execute_notebook(path: Path, step: int, *, cell_timeout: float, deadline: float = math.inf,
-                     box: Sandbox | None = None, save_to: Path | None = None) -> NotebookRun:
+                     box: Sandbox | None = None, save_to: Path | None = None,
+                     env: dict | None = None) -> NotebookRun:
     """Execute `path` (cwd: its folder; with `box`, already inside box.work) and save the
-    executed copy into `save_to`."""
+    executed copy into `save_to`. `env`: the plain kernel's whole environment (the
+    sandboxed kernel's comes from `box`)."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
@@ -66,7 +56,8 @@ def execute_notebook(path: Path, step: int, *, cell_timeout: float, deadline: fl
                             **options)
     log = open(box.root / f"kernel-{step}.log", "ab") if box else None
     try:
-        client.execute(**(dict(env=box.env(), stdout=log, stderr=log) if box else {}))
+        client.execute(**(dict(env=box.env(), stdout=log, stderr=log) if box else
+                          dict(env=env) if env is not None else {}))
         run = NotebookRun(step, path.name, "ok")
     except CellTimeoutError:
         limit = "total" if hit_deadline else f"{cell_timeout:g} s per-cell"

@@ -8,13 +8,14 @@ import os
 import re
 import shutil
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .rubric import NOTEBOOKS
+from ..checks.bounds import MAX_JSON_BYTES
+from ..checks.rubric import NOTEBOOKS
 
 STEP_FROM_NAME = re.compile(r"^0?([1-4])(?:[_\-\s.]|$)")
 STEP_FROM_CHECK = re.compile(r"grading\.check\(\s*([1-4])\s*[,)]")
-MAX_JSON_BYTES = 64 << 20
 
 
 def notebook_step(path: Path) -> int | None:
@@ -54,7 +55,7 @@ def find_notebooks(folder: Path) -> tuple[dict[int, Path], list[str]]:
 
 def copy_artifacts(src: Path, dst: Path, max_policy_bytes: int | None = None) -> list[str]:
     """Copy the step artifacts of a run directory for grading: regular files only (a
-    symlink could point anywhere), JSON/JSONL at most 64 MB, the policy folder only when its
+    symlink could point anywhere), JSON/JSONL at most bounds.MAX_JSON_BYTES, the policy folder only when its
     files' sizes (lstat, before anything is read) stay within `max_policy_bytes`, nothing
     else from the folder (checkpoints, caches). Returns what was left out, and why."""
     from labkit.steps import Step1Baseline, Step2Meta, Step3Training, Step4Report
@@ -84,7 +85,7 @@ def copy_artifacts(src: Path, dst: Path, max_policy_bytes: int | None = None) ->
         if not stat.S_ISREG(info.st_mode):
             skipped.append(f"{name} (not a regular file)")
         elif path.suffix in {".json", ".jsonl"} and info.st_size > MAX_JSON_BYTES:
-            skipped.append(f"{name} (larger than 64 MB)")
+            skipped.append(f"{name} (larger than {MAX_JSON_BYTES >> 20} MB)")
         else:
             shutil.copyfile(path, dst / name)
     return skipped
@@ -129,21 +130,61 @@ def copy_submission(src: Path, dst: Path, max_bytes: int, max_files: int = 2000)
     return skipped
 
 
-def plan(path: Path, reference: Path):
-    """(notebooks to run {step: path}, graded steps, notes). A folder is the whole lab; a
-    single notebook is graded alone, its earlier steps made by the reference solution."""
+@dataclass
+class Plan:
+    """What to run for a submission and what to grade: `notebooks` {step: path} to run
+    (the submission's, and for a single notebook the reference's earlier steps), `graded`
+    steps, and `notes` on what was ambiguous. `source` is the submission as given."""
+
+    source: Path
+    notebooks: dict[int, Path]
+    graded: list[int]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def whole_folder(self) -> bool:
+        return self.source.is_dir()
+
+    def copy_into(self, lab: Path, max_bytes: int) -> tuple[dict[int, Path], list[str]]:
+        """Put the notebooks in `lab`, the kernels' working copy: a folder is copied whole
+        (as the student had it in JupyterLab); a single notebook goes next to the
+        reference's earlier steps. Returns ({step: copy}, notes on what was left out)."""
+        notes = copy_submission(self.source, lab, max_bytes) if self.whole_folder else []
+        copies = {s: lab / (p.relative_to(self.source) if self.whole_folder
+                            else p.name if p == self.source else NOTEBOOKS[s])
+                  for s, p in self.notebooks.items()}
+        for step, copy in copies.items():  # left out by the copy's limits, or the reference's
+            if not copy.is_file():
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.notebooks[step], copy)
+        return copies, notes
+
+    def graded_notebooks(self) -> list[Path]:
+        """The submission's own notebooks of the graded steps (never the reference's)."""
+        return [self.notebooks[s] for s in self.graded if s in self.notebooks]
+
+
+def plan(path: Path, reference: Path) -> Plan:
+    """A folder is the whole lab; a single notebook is graded alone, its earlier steps made
+    by the reference solution."""
     if path.is_dir():
         found, notes = find_notebooks(path)
-        return found, [1, 2, 3, 4], notes
+        return Plan(path, found, [1, 2, 3, 4], notes)
     step, problem = notebook_step(path), _unreadable(path)
     if step is None:
         problem = problem or "not recognised as one of the lab notebooks"
-        return {}, [1, 2, 3, 4], [f"{path.name}: {problem}"]
+        return Plan(path, {}, [1, 2, 3, 4], [f"{path.name}: {problem}"])
     ref, _ = find_notebooks(reference) if reference.is_dir() else ({}, [])
     earlier = {s: ref[s] for s in range(1, step) if s in ref}
     notes = [f"steps {', '.join(map(str, earlier))} were run from the reference solution "
              "(not graded)"] if earlier else []
-    return {**earlier, step: path}, [step], notes
+    return Plan(path, {**earlier, step: path}, [step], notes)
+
+
+def plan_existing(path: Path) -> tuple[Plan, Path]:
+    """(plan, run directory) for grading an existing run without executing anything."""
+    found, notes = find_notebooks(path) if path.is_dir() else ({}, [])
+    return Plan(path, found, [1, 2, 3, 4], notes), path / "run" if (path / "run").is_dir() else path
 
 
 def _unreadable(path: Path) -> str | None:

@@ -5,31 +5,33 @@ The direction check applies only where a style judge exists (the teaching model 
 that has a judge, e.g. `plain`: `labkit.teaching.judge_style`, which prefers "plain"); for
 any other model or theme the item is not applicable and passes. A dataset whose chosen and rejected answers are swapped against the
 preference trains the style the wrong way: the item fails and the message says the pairs
-look swapped (issue 12).
+look swapped.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
+from labkit.artifacts import finite
 from labkit.steps import Step1Baseline, Step2Meta, Step3Training, Step4Report
 
 from . import rubric
 from .bounds import guarded
-from .checks import _open, as_dict, finite, load
+from .common import as_dict, load, open_record
 from .results import CheckItem, CheckResult, scored, step_result
 
 
-def check_step4(run_dir=None) -> CheckResult:
-    run, rec, early = _open(4, Step4Report, run_dir)
+def check_step4(run_dir=None, theme=None) -> CheckResult:
+    """`theme`: the class's Theme (its judge); default: labkit's current one."""
+    run, rec, early = open_record(4, Step4Report, run_dir)
     if early:
         return early
     step1, err1 = load(Step1Baseline, run)
     return step_result(4, [guarded(4, "same_prompts_spec", _same_as_step1, rec, step1, err1),
                            guarded(4, "same_policy", _same_policy, run, rec),
                            guarded(4, "outputs_changed", _outputs_changed, rec),
-                           guarded(4, "metrics", _metrics, rec, step1),
-                           guarded(4, "moved_toward_preference", moved_item, run, rec, step1)])
+                           guarded(4, "metrics", _metrics, rec, step1, theme),
+                           guarded(4, "moved_toward_preference", moved_item, run, rec, step1,
+                                   theme)])
 
 
 def _same_as_step1(rec: Step4Report, step1, err1) -> CheckItem:
@@ -69,11 +71,11 @@ def _outputs_changed(rec: Step4Report) -> CheckItem:
                   "no output changed: the policy behaves like the base model")
 
 
-def _metrics(rec: Step4Report, step1) -> CheckItem:
+def _metrics(rec: Step4Report, step1, theme=None) -> CheckItem:
     metrics = as_dict(rec.metrics)
     # a judge only knows the teaching model's styles: null is right for GPT-2, and for a
     # theme without a judge (the class's theme: LABKIT_THEME)
-    nullable = set() if judge_for(step1) else {"style_rate_before", "style_rate_after"}
+    nullable = set() if judge_for(step1, theme) else {"style_rate_before", "style_rate_after"}
     missing = [k for k in rubric.METRIC_KEYS if not finite(metrics.get(k))
                and not (k in nullable and k in metrics and metrics[k] is None)]
     return scored(4, "metrics", not missing, f"missing or not finite: {', '.join(missing)}"
@@ -82,14 +84,14 @@ def _metrics(rec: Step4Report, step1) -> CheckItem:
 
 
 # ----------------------------------------------------------------------------- direction
-def judge_for(step1):
-    """The class theme's judge (LABKIT_THEME) when the run used the teaching model, else
-    None: a judge reads only the teaching model's styles, and some themes have none."""
+def judge_for(step1, theme=None):
+    """The class theme's judge when the run used the teaching model, else None: a judge
+    reads only the teaching model's styles, and some themes have none."""
     from labkit.themes import load_theme
 
     model = getattr(step1, "model", None)
     if isinstance(model, dict) and model.get("is_teaching") is True:
-        return load_theme().judge
+        return (theme or load_theme()).judge
     return None
 
 
@@ -106,15 +108,14 @@ def swapped_pairs(run, judge) -> tuple[int, int]:
     return swapped, len(rows)
 
 
-def moved_item(run, rec: Step4Report, step1) -> CheckItem:
-    judge = judge_for(step1)
+def moved_item(run, rec: Step4Report, step1, theme=None) -> CheckItem:
+    judge = judge_for(step1, theme)
     if judge is None:
         return scored(4, "moved_toward_preference", True, "no style judge for this model: "
                       "not applicable")
     metrics = rec.metrics if isinstance(rec.metrics, dict) else {}
     before, after = metrics.get("style_rate_before"), metrics.get("style_rate_after")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-               for v in (before, after)):
+    if not all(finite(v) for v in (before, after)):
         return scored(4, "moved_toward_preference", False, "style_rate_before/after are not "
                       "recorded: run the style-rate cell, then save the report")
     swapped, judged = swapped_pairs(run, judge)
