@@ -67,8 +67,11 @@ def execute_notebook(path: Path, step: int, *, cell_timeout: float, deadline: fl
         run = NotebookRun(step, path.name, "died", f"the kernel stopped while "
                           f"{_where(nb, running)} was running: {_death(kernel, box)}")
     except CellExecutionError as exc:
+        line = _error_line(exc)
+        limit = box and limit_reached(line, box.limits)
         run = NotebookRun(step, path.name, "error", f"stopped with an error "
-                          f"({_where(nb, running)}): {_error_line(exc)}")
+                          f"({_where(nb, running)}): {line}"
+                          + (f" - the grader allows {limit}" if limit else ""))
     except Exception as exc:  # kernel failed to start, etc.: report, never crash
         run = NotebookRun(step, path.name, "error", f"could not run: {type(exc).__name__}: "
                           f"{str(exc)[:300]}")
@@ -137,6 +140,24 @@ def _death(kernel: list, box: Sandbox | None) -> str:
         return f"ended by {name} ({number})" + (f" - {cause}" if cause else "")
     return (f"the kernel process exited with code {code} (e.g. sys.exit() or os._exit() in "
             "the notebook, or a crash)")
+
+
+# what an error line says when a sandbox limit was reached -> the Limits field it names
+LIMIT_SIGNS = (("processes", ("BlockingIOError", "Resource temporarily unavailable",
+                              "can't start new thread")),
+               ("memory_gb", ("MemoryError", "Cannot allocate memory", "can't allocate memory",
+                              "std::bad_alloc")),
+               ("file_gb", ("File too large",)),
+               ("disk_gb", ("No space left on device", "Disk quota exceeded")))
+
+
+def limit_reached(error_line: str, limits) -> str | None:
+    """The limit (named, with its value) that an error line shows was reached, or None:
+    a student reads "at most 512 processes", not only an errno."""
+    for name, signs in LIMIT_SIGNS:
+        if any(sign in error_line for sign in signs):
+            return limits.describe(name)
+    return None
 
 
 def _error_line(exc) -> str:

@@ -61,7 +61,7 @@ class Limits:
         value = getattr(self, name)
         return {"processes": f"at most {value} processes and threads per notebook",
                 "memory_gb": f"{value:g} GB of memory per kernel",
-                "disk_gb": f"{value:g} GB in the work folder",
+                "disk_gb": f"{value:g} GB in the work folder and {self.tmp_mb} MB in /tmp",
                 "file_gb": f"files of at most {value:g} GB",
                 "cell_timeout": f"{value:g} s per cell",
                 "total_timeout": f"{value:g} s for all the notebooks together",
