@@ -70,7 +70,7 @@ def test_no_execute_grades_a_real_run_in_full(run_submission, tmp_path):
     proc, _ = grade([run_submission("good")], tmp_path / "out", "--no-execute")
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = results(tmp_path / "out", "good")
-    assert res["score"] == res["max_score"] == 100, json.dumps(res, indent=1)[-3000:]
+    assert res["score"] == res["extra_data"]["max_score"] == 100, json.dumps(res, indent=1)[-3000:]
     assert {"score", "execution_time", "tests"} <= set(res)
     assert all({"name", "score", "max_score", "output", "visibility"} <= set(t)
                for t in res["tests"])
@@ -225,7 +225,7 @@ def test_solution_notebooks_get_full_marks(executed):
 def test_untouched_student_release_gets_zero_and_not_done_everywhere(executed):
     out, _, _ = executed
     res = results(out, "release")
-    assert res["score"] == 0 and res["max_score"] == 100
+    assert res["score"] == 0 and res["extra_data"]["max_score"] == 100
     feedback = (out / "release" / "feedback.md").read_text()
     for step in (1, 2, 3, 4):
         assert f"## Step {step} - " in feedback
@@ -239,7 +239,7 @@ def test_untouched_student_release_gets_zero_and_not_done_everywhere(executed):
 def test_learning_rate_zero_fails_step3_as_no_learning(executed):
     out, _, _ = executed
     res = results(out, "03_train_dpo")
-    assert res["max_score"] == 25 and not items_of(res, 1)  # graded alone
+    assert res["extra_data"]["max_score"] == 25 and not items_of(res, 1)  # graded alone
     step3 = items_of(res, 3)
     assert step3["health"]["score"] == 0 and step3["health"]["output"].startswith("no_learning")
     assert step3["policy_changed"]["score"] == 0
@@ -252,7 +252,7 @@ def test_learning_rate_zero_fails_step3_as_no_learning(executed):
 def test_identical_pair_stops_notebook_2_and_says_why(executed):
     out, _, _ = executed
     res = results(out, "02_preferences")
-    assert res["score"] == 0 and res["max_score"] == 25
+    assert res["score"] == 0 and res["extra_data"]["max_score"] == 25
     assert "is identical to 'chosen'" in run_entry(res, craft.NAMES[2])["output"]
     assert "is identical to 'chosen'" in (out / "02_preferences" / "feedback.md").read_text()
 

@@ -20,56 +20,62 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
 
 
-def record() -> dict:
+def record() -> report.SubmissionResult:
     """A graded record as grading.autograde returns it (one step, one run, answers)."""
     items = [results.scored(3, "trained", True, "12 steps logged"),
              results.scored(3, "log_consistent", False, "the log ends at step 3 in <work>/run"),
              results.scored(3, "student_loss", True, "matches")]
-    step = results.CheckResult(3, items).to_dict()
-    run = {"step": 3, "notebook": "03_train_dpo.ipynb", "status": "error",
-           "message": "cell 7: FileNotFoundError: <work>/run/step2_meta.json", "seconds": 1.0}
-    return {"name": "s", "source": "/x", "steps": [step], "runs": [run],
-            "notes": ["copied <work>/run"], "isolation": "", "seconds": 2.0,
-            "reflections": collect_all(NOTEBOOKS)}
+    run = report.NotebookRun(3, "03_train_dpo.ipynb", "error",
+                             "cell 7: FileNotFoundError: <work>/run/step2_meta.json", 1.0)
+    return report.SubmissionResult("s", "/x", [results.CheckResult(3, items)], [run],
+                                   ["copied <work>/run"], "", collect_all(NOTEBOOKS), 2.0)
 
 
 def test_integrity_items_take_the_chosen_visibility_and_the_summary_keeps_them_back():
-    shown = results.gradescope(record())
+    shown = record().gradescope()
     assert {t["visibility"] for t in shown["tests"] if t["name"].startswith("Step")} == {
         "visible"}
-    later = results.gradescope(record(), integrity_visibility="after_published")
+    later = record().gradescope(integrity_visibility="after_published")
     by_name = {t["name"].split(": ", 1)[-1]: t for t in later["tests"]}
     assert by_name["log_consistent"]["visibility"] == "after_published"
     assert by_name["student_loss"]["visibility"] == "after_published"
     assert by_name["trained"]["visibility"] == "visible"
     assert "(5/10)" not in later["output"] and "5/5 on the checks shown now" in later["output"]
-    assert not gs.validate(gs.to_gradescope(later))
+    assert not gradescope_format.validate(later)
+    assert later["extra_data"] == {"max_score": 25}  # the format has no top-level max
     with pytest.raises(ValueError, match="integrity_visibility must be one of"):
-        results.gradescope(record(), integrity_visibility="students")
+        record().gradescope(integrity_visibility="students")
 
 
 def test_written_answers_are_zero_point_items_for_the_instructor_and_in_the_feedback():
     rec = record()
-    assert rec["reflections"] and all(r["answered"] for r in rec["reflections"])
-    res = results.gradescope(rec)
+    assert rec.reflections and all(r["answered"] for r in rec.reflections)
+    res = rec.gradescope()
     written = [t for t in res["tests"] if t["name"].startswith("Written answer")]
-    assert len(written) == len(rec["reflections"])
+    assert len(written) == len(rec.reflections)
     assert all(t["score"] == t["max_score"] == 0 and t["visibility"] == "hidden"
                for t in written)
     assert sum(t["score"] for t in res["tests"]) == res["score"]
-    text = results.feedback(rec)
+    text = rec.feedback()
     assert "## Written answers" in text
-    for row in rec["reflections"]:
+    for row in rec.reflections:
         assert row["answer"].splitlines()[0] in text
 
 
 def test_no_internal_placeholder_in_any_output():
     rec = record()
-    res = results.gradescope(rec, integrity_visibility="after_published")
-    everything = json.dumps(res) + results.feedback(rec) + results.summary(rec)
+    res = rec.gradescope(integrity_visibility="after_published")
+    everything = json.dumps(res) + rec.feedback() + rec.summary()
     assert "<work>" not in everything and "the submission's work folder" in everything
     assert res["output_format"] == "text" and all(t["output_format"] == "text"
                                                   for t in res["tests"])
+
+
+def test_a_result_reads_back_whole_from_its_record():
+    rec = record()
+    again = report.SubmissionResult.from_dict(json.loads(json.dumps(rec.to_dict())))
+    assert again.gradescope() == rec.gradescope() and again.feedback() == rec.feedback()
+    assert again.gradebook_row() == rec.gradebook_row()
 
 
 def test_gradescope_zip_carries_the_integrity_visibility(tmp_path):

@@ -168,20 +168,19 @@ def test_the_grading_phase_has_its_own_time_limit(run):
     from grading import autograde
     from grading.checks.rubric import items_for
 
-    opts = autograde.Options(model="teaching", execute=False,
+    opts = autograde.Options(model="teaching", execute=False, out=run.parent / "out",
                              limits=Limits(grading_timeout=0.001))
-    record = autograde.grade_submission(run, "slow", opts, run.parent / "batch",
-                                        run.parent / "out")
-    items = [i for s in record["steps"] for i in s["items"]]
-    assert len(record["steps"]) == 4
+    record = autograde.grade_submission(run, "slow", opts, run.parent / "batch")
+    items = [i for s in record.steps for i in s.items]
+    assert len(record.steps) == 4
     assert len(items) == sum(len(items_for(step)) for step in (1, 2, 3, 4))
-    assert all(not i["passed"] and "ran past their 0.001 s limit" in i["message"] for i in items)
+    assert all(not i.passed and "the grader's limit of 0.001 s for the grader's checks"
+               in i.message for i in items)
     # the same run, given time, is graded in full: the limit was what stopped it
-    opts.limits = Limits()
-    record = autograde.grade_submission(run, "given-time", opts, run.parent / "batch",
-                                        run.parent / "out")
-    assert all(i["passed"] for s in record["steps"] for i in s["items"]
-               if i["name"] not in ("student_loss", "student_logps"))  # no notebook 3 here
+    opts = autograde.Options(model="teaching", execute=False, out=run.parent / "out")
+    record = autograde.grade_submission(run, "given-time", opts, run.parent / "batch")
+    assert all(i.passed for s in record.steps for i in s.items
+               if i.name not in ("student_loss", "student_logps"))  # no notebook 3 here
 
 
 def test_the_time_limit_passes_through_exception_guards():
@@ -189,10 +188,10 @@ def test_the_time_limit_passes_through_exception_guards():
     swallow the limit and let the checks run on without one."""
     import time
 
-    from grading.autograde import GradingTimeout, _time_limit
+    from grading.run.time_limit import GradingTimeout, time_limit
 
     with pytest.raises(GradingTimeout):
-        with _time_limit(0.01):
+        with time_limit(0.01):
             try:
                 time.sleep(3)
             except Exception:  # noqa: BLE001 - the guard under test
@@ -201,10 +200,10 @@ def test_the_time_limit_passes_through_exception_guards():
 
 LIMIT_DURING_IMPORT = """
 import sys, time
-from grading.autograde import GradingTimeout, _time_limit
+from grading.run.time_limit import GradingTimeout, time_limit
 assert "torch" not in sys.modules
 try:
-    with _time_limit(0.001):
+    with time_limit(0.001):
         import torch  # a second or two of imports: the limit falls due inside them
         print("imported")
         time.sleep(5)
@@ -281,7 +280,7 @@ def _run(res: dict, notebook: str) -> dict:
 def test_relative_or_missing_output_dir_gets_full_marks(batch, name):
     _, out, _ = batch
     res = _results(out, "03_train_dpo" if name == "relative" else "03_train_dpo-2")
-    assert res["score"] == res["max_score"] == 25, [t for t in res["tests"]
+    assert res["score"] == res["extra_data"]["max_score"] == 25, [t for t in res["tests"]
                                                     if t["score"] < t["max_score"]]
 
 

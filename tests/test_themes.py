@@ -216,17 +216,21 @@ def test_lab_passes_all_four_checks_on_the_concise_theme(tmp_path, teaching_dir,
                   f"answer {words['outputs_before']:.1f} -> {words['outputs_after']:.1f}")
 
 
-def test_runner_checks_the_theme_first_and_hands_kernels_an_absolute_path(tmp_path,
-                                                                           monkeypatch):
+def test_runner_checks_the_theme_first_and_leaves_the_environment_alone(tmp_path,
+                                                                        monkeypatch):
+    """The theme is checked before any notebook runs; kernels name an instructor's file by
+    its absolute path (their working folder differs); the runner's own process environment
+    is not changed (kernels get theirs as a dict)."""
     from grading.runner import run_lab
 
     (tmp_path / "mine.toml").write_text(GOOD.path.read_text(encoding="utf-8"), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    for name in ("LABKIT_THEME", "LABKIT_RUN_DIR", "LABKIT_STATIC_WIDGETS", "OMP_WAIT_POLICY"):
-        monkeypatch.setenv(name, "")  # restored after the test: run_lab sets them
+    before = dict(os.environ)
     with pytest.raises(FileNotFoundError, match="expected the 4 lab notebooks"):
         run_lab(tmp_path / "run", notebooks_dir=tmp_path, theme="mine.toml")
-    assert os.environ["LABKIT_THEME"] == str(tmp_path / "mine.toml")
+    assert dict(os.environ) == before
+    assert load_theme("mine.toml").reference == str(tmp_path / "mine.toml")
+    assert load_theme("concise").reference == "concise"
     monkeypatch.setenv("LABKIT_THEME", "no-such-theme")
     with pytest.raises(ThemeError, match="no such theme"):
         run_lab(tmp_path / "run", notebooks_dir=tmp_path)
