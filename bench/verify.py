@@ -1,4 +1,4 @@
-"""Grading outputs by teacher-forced verification vs by regenerating them (issue 11).
+"""Grading outputs by teacher-forced verification vs by regenerating them.
 
 The grader used to regenerate every held output greedily and compare text; `grading.checks.verify`
 instead runs one batched forward pass over prompt + recorded output. Both are timed on the

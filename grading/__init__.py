@@ -2,8 +2,8 @@
 
 In a notebook, `grading.check(N)` grades step N's artifacts and shows the result. For a
 class, `python -m grading SUBMISSION... --out DIR` runs each submission in isolation and
-grades it with the same checks plus integrity checks. Folders by job: `check/` (pure checks,
-rubric, results), `run/` (running untrusted code), and the front ends beside them
+grades it with the same checks plus integrity checks. Folders by job: `checks/` (pure
+checks, rubric, results), `run/` (running untrusted code), and the front ends beside them
 (docs/architecture.md).
 """
 from pathlib import Path

@@ -13,23 +13,19 @@ signature, so `model.generate` decodes exactly as on an unpatched copy of the sa
 sample is decoded in eval mode without autograd, and the mode is then restored. The model
 decoded is the one the Trainer hands to callbacks: its own, unwrapped `trainer.model`.
 
-Why it is cheap (the teaching preset trains in ~1.4 s on 2 quiet CPU cores, and at this
-size a decoding step costs ~1 ms of Python per token, whatever the batch). Measured on the
-teaching model, 3 prompts x 16 tokens, CPU time per sample on one thread: generate() 43 ms,
-the KV-cache loop 33 ms, a draft that still holds 5 ms; over the preset's 11 samples that is
-~0.14 s instead of ~0.48 s, i.e. about +9 % instead of +30 % over training (the budget is
-20 %: tests/test_callbacks.py), which is why this path stays:
+Why it is cheap: the teaching preset trains in seconds, and at this size a decoding step
+costs about as much Python per token as compute, so sampling must avoid per-call overhead
+to stay within its budget over training (tests/test_callbacks.py):
 - a greedy loop over the KV cache (`greedy_tokens`) instead of `model.generate`, whose
-  per-call bookkeeping adds ~25 %; the text is the same as `labkit.generation.generate`'s
+  per-call bookkeeping costs more; the text is the same as `labkit.generation.generate`'s
   (tested, and re-checked against it on the first sample of every run);
-- most epochs leave the greedy text unchanged (2 of 10 changed it in the preset run), so
-  the previous sample is the draft, checked in ONE forward pass (speculative decoding with
-  the last epoch as the draft); the text is decoded again only when a pick changed;
+- most epochs leave the greedy text unchanged, so the previous sample is the draft, checked
+  in ONE forward pass (speculative decoding with the last epoch as the draft); the text is
+  decoded again only when a pick changed;
 - 16 new tokens by default: the first sentence, where the teaching model's style shows.
 `threads=1` decodes on one CPU thread. Leave it off on a machine of your own: switching
-torch's thread count costs more than it saves (+33 % instead of +17 % over training, 24
-tokens, 2 quiet cores). Use it where other processes fight for the cores: there, 2-thread
-OpenMP decoding ran 5x slower than 1-thread.
+torch's thread count costs more than it saves. Use it where other processes fight for the
+cores: there, multi-thread OpenMP decoding is several times slower than one thread.
 """
 from __future__ import annotations
 

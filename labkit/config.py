@@ -125,9 +125,8 @@ PRESETS = {
     "teaching": TrainingPreset("teaching", learning_rate=3e-4, num_train_epochs=10),
     # GPT-2 124M on the sandbox GPU (or patiently on CPU): 8 pairs x 3 epochs = 6 steps
     "gpt2": TrainingPreset("gpt2", learning_rate=5e-5, num_train_epochs=3),
-    # SmolLM2-135M-Instruct: GPT-2's preset memorised the 8 pairs (loss 0.0000 by step 4 of
-    # 6, margin 13.6); lr 1e-5: loss 0.693 -> 0.035, margin 3.4, held-out accuracy 1.0,
-    # perplexity +0.7 %. Measured with `python -m bench.calibrate`: docs/models.md.
+    # SmolLM2-135M-Instruct: GPT-2's learning rate memorises the 8 pairs; 1e-5 trains
+    # healthily (calibrated with `python -m bench.calibrate`; figures in docs/models.md).
     "llama-instruct": TrainingPreset("llama-instruct", learning_rate=1e-5,
                                      num_train_epochs=3),
 }
@@ -136,10 +135,9 @@ PRESETS["causal-lm"] = PRESETS["gpt2"]  # an unknown family: GPT-2's, then read 
 
 def preset_for(model, device: str | None = None) -> TrainingPreset:
     """The preset for a model on a device: `preset_for(info)` with load_model's ModelInfo
-    (its `kind` and `device`), or the older `preset_for(is_teaching, device)`. A 124 M model
-    on CPU precomputes the reference log-probs (bench: 31.6 s vs 37.6 s and 450 MB less for
-    GPT-2, 8 pairs x 3 epochs); on a GPU a reference copy in memory is faster (1.6 s vs
-    2.7 s on an H200). See docs/benchmarks.md and docs/models.md."""
+    (its `kind` and `device`), or `preset_for(is_teaching, device)`. A 124 M model on CPU
+    precomputes the reference log-probs (faster there, and less memory); on a GPU a
+    reference copy in memory is faster. Figures: docs/benchmarks.md and docs/models.md."""
     if isinstance(model, bool):
         kind = "teaching" if model else "gpt2"
     else:

@@ -7,9 +7,9 @@ change here is a context manager or returns one, so it can be undone.
 
 The one scoped use inside the library: `generate()` and the teaching-model build run under
 `threads(threads_for(model))` and put the count back on return. The teaching model is so
-small that intra-op threads only add OpenMP spin-waiting (greedy generation went from
-0.07 s to 14 s on a shared 2-core machine), and decoding on a fixed thread count makes the
-grader's regenerated outputs match the kernel's whatever either process was set to.
+small that intra-op threads only add OpenMP spin-waiting (on a busy machine, many times
+slower), and decoding on a fixed thread count makes the grader's regenerated outputs match
+the kernel's whatever either process was set to.
 """
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ def max_points(step: int | None = None, integrity: bool | None = None) -> float:
 
 
 def as_markdown() -> str:
-    """The rubric as a Markdown table (README, feedback)."""
+    """The rubric as a Markdown table (docs/rubric.md, via `python -m grading.docs`)."""
     lines = ["| step | item | points | graded by | what it checks |", "|---|---|---|---|---|"]
     for i in RUBRIC:
         who = "auto-grader" if i.integrity else "notebook + auto-grader"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The namespace half of grading/sandbox.py's sandbox, built by allow-list. Runs as the
+# The namespace half of grading/run/sandbox.py's sandbox, built by allow-list. Runs as the
 # (mapped) root of fresh user+mount+net+pid namespaces:   sandbox.sh CONFIG WORK COMMAND...
 # CONFIG (written by Sandbox.wrap, sourced here) sets tmp_mb, shm_mb, mem_kb, fsize_kb,
 # nproc and the array `keeps` (paths the kernel may read). A new root is built on an empty

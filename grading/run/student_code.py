@@ -7,7 +7,7 @@ are still code), feed random tensors chosen here, and compare what comes back wi
 `labkit.dpo.dpo_loss` in the grader's own process. The child only reports numbers; it never
 decides the grade.
 
-The result channel cannot be written by the student's code (issue 12): the driver forks
+The result channel cannot be written by the student's code: the driver forks
 before reading anything; the definitions load in the fork with stdin on /dev/null, stdout
 sent to stderr and no capabilities, and hand their numbers back over a pipe. Only the
 driver's other half, which the student's code never runs in, reads the per-run key from

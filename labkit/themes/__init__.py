@@ -1,6 +1,6 @@
 """Themes: the one preference a lab run teaches, one TOML file each (`labkit/themes/<name>.toml`).
 
-Why: the preference used to be spread over notebooks, labkit and the checks. A theme file
+Why: one home for the preference, read by the notebooks, labkit and the checks. A theme file
 holds all of it — the preference in one sentence, example pairs (notebook 2's solution),
 held prompts (on the theme and far from it), the held-out evaluation pairs (step 4's
 accuracy) and, where a labkit judge can read it, the judge. `LABKIT_THEME` names the theme

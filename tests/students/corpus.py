@@ -13,7 +13,7 @@ Kinds of case (kept cheap):
 - `artifact`: a copy of a real run directory, edited, graded with --no-execute (steps 1-2).
 
 `python -m tests.students.run --out DIR [--run-dir RUN] [--docs]` (tests/students/run.py)
-builds, grades (through the real CLI, --jobs 2) and compares; --docs rewrites docs/grading.md. The slow test is
+builds, grades (through the real CLI, --jobs 2) and compares; --docs rewrites docs/student-corpus.md. The slow test is
 tests/test_student_corpus.py.
 """
 from __future__ import annotations
@@ -162,7 +162,7 @@ class Case:
     what: str                         # what the student did
     edits: tuple = ()
     fails: frozenset = frozenset()    # rubric items a careful TA fails; all others pass
-    why: str = ""                     # the TA's reasoning, for docs/grading.md
+    why: str = ""                     # the TA's reasoning, for docs/student-corpus.md
     needs: str = ""                   # the fix this expectation waits for, if any
 
     @property
