@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import html
 import io
-import math
 
 import torch
 from matplotlib.figure import Figure
 
+from .artifacts import finite
 from .config import env_flag
-from .health import training_entries
+from .health import LN2, training_entries
 from .metrics import word_diff
 
 TRAINING_PANELS = (("loss", ("loss",)), ("reward margin", ("rewards/margins",)),
@@ -66,7 +66,7 @@ def plot_training(log_history) -> Figure:
         ax.set(title=title, xlabel="step")
         if len(keys) > 1:
             ax.legend(fontsize="small")
-    axes[0].axhline(math.log(2), color="grey", ls=":", lw=1)  # loss at step 1, ref = policy
+    axes[0].axhline(LN2, color="grey", ls=":", lw=1)  # loss at step 1, ref = policy
     axes[2].set_ylim(-0.05, 1.05)
     return fig
 
@@ -238,7 +238,7 @@ def plot_logps_dynamics(log_history) -> Figure:
     step (TRL's `logps/chosen`, `logps/rejected`, `rewards/margins`): DPO widens the gap, but
     both sides can fall — the chosen answer too (likelihood displacement)."""
     entries = training_entries(getattr(log_history, "log_history", log_history))
-    points = {k: [(e["step"], e[k]) for e in entries if finite_number(e.get(k))]
+    points = {k: [(e["step"], e[k]) for e in entries if finite(e.get(k))]
               for k in ("logps/chosen", "logps/rejected", "rewards/margins")}
     if not points["logps/chosen"]:
         raise ValueError("log_history has no 'logps/chosen': log every step (logging_steps=1) "
@@ -255,10 +255,6 @@ def plot_logps_dynamics(log_history) -> Figure:
     right.axhline(0, color="grey", ls=":", lw=1)
     right.set(title="reward margin β·Δlog-ratio", xlabel="step")
     return fig
-
-
-def finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def plot_beta_sweep(rows) -> Figure:
