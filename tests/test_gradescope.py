@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from grading import gradescope
+from grading.checks import gradescope_format
 from grading.run import sandbox
 from tests.conftest import record_figure
 from tests.submissions import craft
@@ -134,7 +135,7 @@ GOOD = {"score": 44.0, "execution_time": 136, "output": "all", "output_format": 
 
 
 def test_schema_check_accepts_the_documented_format():
-    assert gradescope.validate(GOOD) == []
+    assert gradescope_format.validate(GOOD) == []
 
 
 @pytest.mark.parametrize("edit, problem", [
@@ -152,7 +153,7 @@ def test_schema_check_accepts_the_documented_format():
 def test_schema_check_names_what_is_wrong(edit, problem):
     results = json.loads(json.dumps(GOOD))
     edit(results)
-    problems = gradescope.validate(results)
+    problems = gradescope_format.validate(results)
     assert any(problem in p for p in problems), problems
 
 
@@ -200,7 +201,7 @@ def test_empty_upload_gets_zero_and_says_what_to_upload(tmp_path):
     (root / "submission" / "notes.txt").write_text("forgot the notebooks")
     proc, res, _ = run_autograder(root)
     assert proc.returncode == 0, proc.stderr
-    assert gradescope.validate(res) == [] and res["score"] == 0
+    assert gradescope_format.validate(res) == [] and res["score"] == 0
     assert "No notebook (.ipynb) was found" in res["output"]
 
 
@@ -213,7 +214,7 @@ def test_a_grader_that_cannot_run_says_so_and_exits_non_zero(tmp_path):
     _solution(root / "submission")
     proc, res, _ = run_autograder(root)
     assert proc.returncode == 1
-    assert gradescope.validate(res) == [] and res["score"] == 0
+    assert gradescope_format.validate(res) == [] and res["score"] == 0
     assert "could not grade this submission (the grader exited with status 2)" in res["output"]
 
 
@@ -270,7 +271,7 @@ def test_solution_gets_100_without_namespaces(autograder_zip):
     gets every point, and the grader says which isolation it used."""
     proc, res = graded(autograder_zip, "solution", _solution,
                        **{sandbox.NO_NAMESPACES_ENV: "1"})
-    assert gradescope.validate(res) == []
+    assert gradescope_format.validate(res) == []
     failed = [t for t in res["tests"] if t["score"] < t["max_score"]]
     assert res["score"] == 100 and res["extra_data"]["max_score"] == 100 and not failed, failed
     assert all(t.get("status", "passed") == "passed" for t in res["tests"])  # answers: none
@@ -280,7 +281,7 @@ def test_solution_gets_100_without_namespaces(autograder_zip):
 @pytest.mark.slow
 def test_untouched_release_gets_0(autograder_zip):
     proc, res = graded(autograder_zip, "release", _release)
-    assert gradescope.validate(res) == []
+    assert gradescope_format.validate(res) == []
     assert res["score"] == 0 and res["extra_data"]["max_score"] == 100
     assert sum(t["max_score"] for t in res["tests"]) == 100
     assert "not done yet" in res["output"]

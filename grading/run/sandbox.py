@@ -146,7 +146,8 @@ class Sandbox:
             return ("namespaces: no network, own PID space, a filesystem by allow-list (system, "
                     "project code, venv, model caches read-only; private /tmp; only its work "
                     f"folder writable), limits: {procs}")
-        why = ("namespaces turned off" if not self.allow_namespaces or namespaces_forced_off()
+        why = (f"namespaces turned off: {NO_NAMESPACES_ENV}=1" if namespaces_forced_off()
+               else "namespaces turned off: --no-namespaces" if not self.allow_namespaces
                else "user namespaces are unavailable here")
         return f"environment only: scrubbed env, own HOME/TMPDIR, resource limits ({why})"
 
