@@ -97,7 +97,7 @@ def _main(args) -> int:
     try:
         from . import autograde
 
-        args.out.mkdir(parents=True, exist_ok=True)
+        args.out.mkdir(parents=True, exist_ok=True, mode=0o750)  # never others'
         model = prepare_model(args.model, args.jobs)
     except Exception as exc:  # the grader cannot run at all
         print(f"grading: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -109,12 +109,22 @@ def _main(args) -> int:
                                 grading_timeout=args.grading_timeout),
         hide=tuple(p.resolve().parent for p in args.submissions), keep_work=bool(args.keep_work),
         threads=max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
+    from . import unprivileged
+
     print(f"grading {len(args.submissions)} submission(s) with {model!r}, "
-          f"{args.jobs} at a time; isolation: "
-          f"{'namespaces' if autograde.namespaces_work() else 'environment only'}",
-          file=sys.stderr)
+          f"{args.jobs} at a time; isolation: {unprivileged.mode()}", file=sys.stderr)
+    try:
+        opts.stage = unprivileged.stage_for_batch(
+            args.model, [opts.reference, *args.submissions], args.out, args.keep_work)
+    except (RuntimeError, OSError) as exc:
+        print(f"grading: cannot start: {exc}", file=sys.stderr)
+        return 2
     start = time.monotonic()
-    rows = run_batch(args, opts)
+    try:
+        rows = run_batch(args, opts)
+    finally:
+        if opts.stage is not None:
+            opts.stage.remove()
     write_gradebook(args.out / "gradebook.csv", rows)
     print(f"graded {len(rows)} submission(s) in {time.monotonic() - start:.1f} s -> "
           f"{args.out / 'gradebook.csv'}", file=sys.stderr)
@@ -142,6 +152,8 @@ def run_batch(args, opts) -> list[dict]:
     if args.keep_work:
         args.keep_work.mkdir(parents=True, exist_ok=True)
     batch_root = Path(tempfile.mkdtemp(prefix="grading-", dir=args.keep_work)).resolve()
+    if opts.stage is not None:  # each submission's user passes through to its own folder
+        batch_root.chmod(0o711)
     rows, total = [], len(subs)
     try:
         if args.jobs == 1:

@@ -21,6 +21,7 @@ from .kernel import NotebookRun, execute_notebook
 from .rubric import NOTEBOOKS
 from .sandbox import REPO, Limits, Sandbox, namespaces_work, tree_size  # noqa: F401
 from .submission import copy_artifacts, copy_submission, find_notebooks, plan
+from .unprivileged import account
 
 WORK_FOLDER = "your work folder"  # what messages say instead of the grader's paths
 
@@ -35,6 +36,8 @@ class Options:
     keep_work: bool = False
     threads: int | None = None  # per job: kernels and grader use the same, so that
     # regenerated outputs are computed the way the kernel computed them
+    stage: object = None  # grading.stage.Stage: staged once per batch for the kernels'
+    # unprivileged user (root without namespaces); made per submission when None
 
 
 class GradingTimeout(BaseException):
@@ -50,16 +53,20 @@ def grade_submission(path, name: str, opts: Options, batch_root, out_dir, label=
     print(f"{label} start {name}".strip(), file=sys.stderr, flush=True)
 
     start, path, out = time.monotonic(), Path(path), Path(out_dir) / name
-    box = Sandbox(Path(batch_root) / name, opts.model, opts.limits,
-                  (Path(batch_root), Path(out_dir), *opts.hide), opts.threads).create()
     runs: list[NotebookRun] = []
     written: list[dict] = []  # the reflection answers, for a person to grade
-    # the grader's side of the runtime policy: as many threads as each kernel gets, and
-    # library logging off so that the progress lines stay readable
-    with runtime.threads(opts.threads), runtime.quiet_libraries():
-        results, notes = _grade(path, opts, box, out, start, runs, written)
-    isolation = box.isolation()
-    box.release()
+    # untrusted code runs as an unprivileged user where the grader is root without
+    # namespaces; all its processes are killed, and checked gone, before this returns
+    with account(opts.stage, opts.model) as user:
+        box = Sandbox(Path(batch_root) / name, opts.model, opts.limits,
+                      (Path(batch_root), Path(out_dir), *opts.hide), opts.threads,
+                      account=user).create()
+        # the grader's side of the runtime policy: as many threads as each kernel gets,
+        # and library logging off so that the progress lines stay readable
+        with runtime.threads(opts.threads), runtime.quiet_libraries():
+            results, notes = _grade(path, opts, box, out, start, runs, written)
+        isolation = box.isolation()
+        box.release()
     return {"name": name, "source": str(path), "steps": [r.to_dict() for r in results],
             "runs": [r.__dict__ for r in runs], "notes": notes, "isolation": isolation,
             "reflections": written, "seconds": time.monotonic() - start}

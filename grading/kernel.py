@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -87,6 +88,8 @@ def execute_notebook(path: Path, step: int, *, cell_timeout: float, deadline: fl
         for process in kernel:
             if process is not None and process.poll() is None:
                 _kill_group(process)
+        if box:
+            box.reap()  # and whatever the kernel left running
     run.seconds = time.monotonic() - start
     if save_to is not None:
         Path(save_to).mkdir(parents=True, exist_ok=True)
@@ -109,6 +112,9 @@ def _sandboxed_kernel(box: Sandbox, step: int):
     km = AsyncKernelManager(kernel_name="grader", transport="ipc", ip=str(ipc / f"k{step}"),
                             kernel_spec_manager=specs)
     km.connection_file = str(box.root / f"kernel-{step}.json")
+    if box.account is not None:  # the kernel, run as the account, must read it
+        km.write_connection_file()
+        os.chown(km.connection_file, box.account.uid, box.account.gid)
     return km
 
 

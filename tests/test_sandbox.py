@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -122,13 +124,22 @@ def test_a_process_swarm_stops_at_the_limit(tmp_path):
 
 
 def test_the_no_namespace_path_still_runs_under_its_limits(tmp_path, monkeypatch):
+    from grading import unprivileged
+
     monkeypatch.setenv("LABKIT_GRADER_NO_NAMESPACES", "1")
-    box = Sandbox(tmp_path / "me", "teaching", Limits(file_gb=0.001)).create()
-    code = "import os\nopen('big', 'wb').write(b'x' * 3_000_000)\n"
-    rc, _, err, _ = box.run_untrusted([sys.executable, "-c", code], "", box.lab, 60)
-    box.release()
-    assert rc != 0 and "environment only" in box.isolation()
-    assert (box.lab / "big").stat().st_size < 1_100_000  # the file-size limit held
+    # under /tmp: a root grader's student user must pass through to its folder
+    base = Path(tempfile.mkdtemp(prefix="labkit-test-", dir="/tmp"))
+    base.chmod(0o711)
+    with unprivileged.account(None, "teaching") as user:  # None unless the grader is root
+        box = Sandbox(base / "me", "teaching", Limits(file_gb=0.001), account=user).create()
+        code = "import os\nopen('big', 'wb').write(b'x' * 3_000_000)\n"
+        rc, _, err, _ = box.run_untrusted([sys.executable, "-c", code], "", box.lab, 60)
+        isolation = box.isolation()
+        box.release()
+    size = (box.lab / "big").stat().st_size
+    shutil.rmtree(base)
+    assert rc != 0 and isolation.startswith(unprivileged.mode())
+    assert size < 1_100_000  # the file-size limit held
 
 
 def test_a_submission_folder_is_copied_by_sizes_seen_before_reading(tmp_path):
