@@ -37,6 +37,10 @@ def execute_notebook(path: Path, step: int, *, cell_timeout: float, deadline: fl
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     start = time.monotonic()
+    real = os.path.realpath(path)  # earlier untrusted code may have left a link (to a solution)
+    if box and (real != os.path.abspath(path) or not real.startswith(os.path.realpath(box.work) + "/")):
+        return NotebookRun(step, path.name, "invalid", "not a file of your work folder (a "
+                           "symbolic link?): not run")
     try:
         nb = nbformat.read(str(path), as_version=4)
     except Exception as exc:  # malformed JSON, wrong format: the submission's

@@ -142,6 +142,17 @@ def test_the_no_namespace_path_still_runs_under_its_limits(tmp_path, monkeypatch
     assert size < 1_100_000  # the file-size limit held
 
 
+def test_a_notebook_left_as_a_link_to_a_solution_is_not_run(tmp_path):
+    """Code run earlier (notebook 1) may replace notebook 2 by a link to the solution,
+    which only the grader may read: the grader never follows it."""
+    from grading.kernel import execute_notebook
+
+    box = Sandbox(tmp_path / "me", "teaching").create()
+    (box.lab / craft.NAMES[2]).symlink_to(craft.NOTEBOOKS / craft.NAMES[2])
+    run = execute_notebook(box.lab / craft.NAMES[2], 2, cell_timeout=10, box=box)
+    assert run.status == "invalid" and "symbolic link" in run.message
+
+
 def test_a_submission_folder_is_copied_by_sizes_seen_before_reading(tmp_path):
     from grading.submission import copy_submission
 
