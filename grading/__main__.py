@@ -19,13 +19,14 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 
 from .autograde import Options, grade_submission, render
 from .checks.gradescope_format import VISIBILITIES
 from .checks.report import SubmissionResult, write_gradebook
+from .run import unprivileged
 from .run.limits import Limits
-from .run.sandbox import Sandbox
 
 
 def parse_args(argv):
@@ -105,7 +106,7 @@ def _main(args) -> int:
     try:
         opts = options(args)
         load_theme(opts.theme)  # a broken theme stops the batch before any submission
-        args.out.mkdir(parents=True, exist_ok=True)
+        args.out.mkdir(parents=True, exist_ok=True, mode=0o750)  # never others'
         model = prepare_model(args.model, args.jobs)
     except ThemeError as exc:
         print(f"grading: cannot start: the theme: {exc}", file=sys.stderr)
@@ -113,12 +114,22 @@ def _main(args) -> int:
     except Exception as exc:  # the grader cannot run at all
         print(f"grading: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    box = Sandbox(args.out, model, allow_namespaces=opts.namespaces)
     print(f"grading {len(args.submissions)} submission(s) with {model!r}, "
-          f"{args.jobs} at a time; isolation: "
-          f"{'namespaces' if box.namespaces else 'environment only'}", file=sys.stderr)
+          f"{args.jobs} at a time; isolation: {unprivileged.mode(opts.namespaces)}",
+          file=sys.stderr)
+    try:
+        opts = replace(opts, stage=unprivileged.stage_for_batch(
+            args.model, [opts.reference, *args.submissions], args.out, args.keep_work,
+            opts.namespaces, opts.theme))
+    except (RuntimeError, OSError) as exc:
+        print(f"grading: cannot start: {exc}", file=sys.stderr)
+        return 2
     start = time.monotonic()
-    rows = run_batch(args, opts)
+    try:
+        rows = run_batch(args, opts)
+    finally:
+        if opts.stage is not None:
+            opts.stage.remove()
     write_gradebook(args.out / "gradebook.csv", rows)
     print(f"graded {len(rows)} submission(s) in {time.monotonic() - start:.1f} s -> "
           f"{args.out / 'gradebook.csv'}", file=sys.stderr)
@@ -144,6 +155,8 @@ def run_batch(args, opts: Options) -> list[dict]:
     if args.keep_work:
         args.keep_work.mkdir(parents=True, exist_ok=True)
     batch_root = Path(tempfile.mkdtemp(prefix="grading-", dir=args.keep_work)).resolve()
+    if opts.stage is not None:  # each submission's user passes through to its own folder
+        batch_root.chmod(0o711)
     rows, total = [], len(subs)
     try:
         if args.jobs == 1:

@@ -25,6 +25,7 @@ from .run.limits import Limits
 from .run.sandbox import Sandbox, tree_size
 from .run.submission import Plan, copy_artifacts, plan, plan_existing
 from .run.time_limit import GradingTimeout, time_limit
+from .run.unprivileged import account
 
 WORK_FOLDER = "your work folder"  # what messages say instead of the grader's paths
 
@@ -44,6 +45,8 @@ class Options:
     namespaces: bool = True  # False: kernels run without them even where they work
     integrity_visibility: str = "visible"
     out: Path = Path("graded")  # out/<name>/: results.json, feedback.md, executed notebooks
+    stage: object = None  # run.stage.Stage: staged once per batch for the kernels'
+    # unprivileged user (root without namespaces); made per submission when None
 
     def kernel_settings(self) -> dict:
         """The LABKIT_* configuration every kernel of the batch gets."""
@@ -58,29 +61,32 @@ def grade_submission(path, name: str, opts: Options, batch_root, label="") -> Su
     becomes a note or a failed item. `label` ("[3/8]") prefixes the progress line."""
     print(f"{label} start {name}".strip(), file=sys.stderr, flush=True)
     start, path = time.monotonic(), Path(path)
-    box = Sandbox(Path(batch_root) / name, opts.model, opts.limits, opts.threads,
-                  opts.kernel_settings(), opts.namespaces).create()
     result = SubmissionResult(name, str(path))
-    # the grader's side of the runtime policy: as many threads as each kernel gets, and
-    # library logging off so that the progress lines stay readable
-    try:
-        with runtime.threads(opts.threads), runtime.quiet_libraries():
-            if opts.execute:
-                work = plan(path, opts.reference)
-                result.runs = execute(work, opts, box, start, result.notes)
-                run_dir = box.run_dir
-            else:
-                work, run_dir = plan_existing(path)
-            result.notes[:0] = work.notes
-            graded_run = collect(run_dir, box, opts.model, result.notes)
-            result.reflections = written_answers(work, result.notes)
-            result.steps = grade(work, graded_run, box, opts, result.runs)
-            hide_paths(box, result)
-    finally:
-        result.isolation = box.isolation()
-        box.release()
-        if not opts.keep_work:
-            shutil.rmtree(box.root, ignore_errors=True)
+    # untrusted code runs as an unprivileged user where the grader is root without
+    # namespaces; all its processes are killed, and checked gone, before this returns
+    with account(opts.stage, opts.model, opts.namespaces, opts.theme) as user:
+        box = Sandbox(Path(batch_root) / name, opts.model, opts.limits, opts.threads,
+                      opts.kernel_settings(), opts.namespaces, account=user).create()
+        # the grader's side of the runtime policy: as many threads as each kernel gets, and
+        # library logging off so that the progress lines stay readable
+        try:
+            with runtime.threads(opts.threads), runtime.quiet_libraries():
+                if opts.execute:
+                    work = plan(path, opts.reference)
+                    result.runs = execute(work, opts, box, start, result.notes)
+                    run_dir = box.run_dir
+                else:
+                    work, run_dir = plan_existing(path)
+                result.notes[:0] = work.notes
+                graded_run = collect(run_dir, box, opts.model, result.notes)
+                result.reflections = written_answers(work, result.notes)
+                result.steps = grade(work, graded_run, box, opts, result.runs)
+                hide_paths(box, result)
+        finally:
+            result.isolation = box.isolation()
+            box.release()
+            if not opts.keep_work:
+                shutil.rmtree(box.root, ignore_errors=True)
     result.seconds = time.monotonic() - start
     return result
 

@@ -40,7 +40,9 @@ CONFIG = "autograder.json"
 MAX_POINTS = 100
 
 SETUP_SH = """#!/usr/bin/env bash
-# Gradescope runs this once, as root, when it builds the autograder image.
+# Gradescope runs this once, as root, when it builds the autograder image. Its last step
+# also creates the unprivileged user student code runs as (where namespaces are off) and
+# closes source/ (the solutions), submission/ and results/ to it (chmod o=).
 # AUTOGRADER_ROOT (default /autograder) moves the tree; AUTOGRADER_SKIP_INSTALL=1 reuses the
 # Python in AUTOGRADER_PYTHON instead of making a venv (tests); TORCH_INDEX_URL= (empty)
 # takes torch from PyPI instead of PyTorch's CPU index.
@@ -127,6 +129,10 @@ def prepare(source: Path) -> int:
     model = json.loads((source / CONFIG).read_text(encoding="utf-8"))["model"]
     _, _, info = load_model(model, strict=True)
     print(f"autograder model ready: {info.resolved}")
+    if os.geteuid() == 0:  # student code will run as another user, not root
+        from .run.unprivileged import set_up
+
+        print(set_up(source.parent))
     return 0
 
 
@@ -172,6 +178,10 @@ def run(root: Path, python: str = sys.executable) -> int:
     config = json.loads((root / "source" / CONFIG).read_text(encoding="utf-8"))
     results_file = root / "results" / "results.json"
     results_file.parent.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:  # submission/ and results/ arrive with each run
+        from .run.unprivileged import lock_down
+
+        lock_down(root)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gradescope-") as tmp:
         target = (find_target(root / "submission")
@@ -206,6 +216,10 @@ def run(root: Path, python: str = sys.executable) -> int:
                 "or tell your instructor.", time.monotonic() - start))
             return 1
         results = json.loads(produced[0].read_text(encoding="utf-8"))
+    if os.geteuid() == 0:  # nothing of the student's may outlive the grading
+        from .run.unprivileged import kill_students
+
+        kill_students()
     write_results(results_file, results)
     print(f"score {results['score']:g}/{results['extra_data']['max_score']:g} -> "
           f"{results_file}", flush=True)

@@ -26,6 +26,8 @@ from tests.conftest import record_figure
 from tests.submissions import craft
 
 ROOT = Path(__file__).resolve().parent.parent
+# what isolation the path without namespaces gives: another user when the grader is root
+NO_NAMESPACES_MODE = "unprivileged user" if os.geteuid() == 0 else "none"
 
 
 def build(out: Path, *extra) -> subprocess.CompletedProcess:
@@ -219,14 +221,19 @@ def test_a_grader_that_cannot_run_says_so_and_exits_non_zero(tmp_path):
 
 
 def test_forcing_the_path_without_namespaces(monkeypatch, tmp_path):
+    from grading.run import unprivileged
+
     monkeypatch.setenv(sandbox.NO_NAMESPACES_ENV, "1")
     assert not sandbox.namespaces_work()
-    box = sandbox.Sandbox(tmp_path, "teaching").create()
-    argv = box.wrap(["python", "-c", "pass"])
+    with unprivileged.account(None, "teaching") as user:  # None unless the grader is root
+        box = sandbox.Sandbox(tmp_path, "teaching", account=user).create()
+        argv = box.wrap(["python", "-c", "pass"])
+        isolation = box.isolation()
     assert "unshare" not in argv and argv[-3:] == ["python", "-c", "pass"]
     assert "ulimit -v" in " ".join(argv)  # the limits still apply
-    assert f"{sandbox.NO_NAMESPACES_ENV}=1" in box.isolation()
-    assert box.isolation().startswith("environment only")
+    assert f"{sandbox.NO_NAMESPACES_ENV}=1" in isolation
+    assert isolation.startswith("unprivileged user" if os.geteuid() == 0 else "none")
+    assert ("setpriv" in argv and f"--reuid={user.uid}" in argv) if user else True
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -275,7 +282,7 @@ def test_solution_gets_100_without_namespaces(autograder_zip):
     failed = [t for t in res["tests"] if t["score"] < t["max_score"]]
     assert res["score"] == 100 and res["extra_data"]["max_score"] == 100 and not failed, failed
     assert all(t.get("status", "passed") == "passed" for t in res["tests"])  # answers: none
-    assert "isolation: environment only" in proc.stderr
+    assert f"isolation: {NO_NAMESPACES_MODE}" in proc.stderr
 
 
 @pytest.mark.slow
@@ -291,13 +298,16 @@ def test_untouched_release_gets_0(autograder_zip):
 
 @pytest.mark.slow
 def test_grader_cli_no_namespaces_flag(tmp_path, teaching_dir):
-    """`python -m grading --no-namespaces` takes the same path, and says so."""
+    """`python -m grading --no-namespaces` takes the same path, and says so (as root, from
+    a checkout whose solutions are closed to the student's user)."""
     (tmp_path / "sub").mkdir()
+    checkout = craft.checkout(tmp_path / "lab")
     proc = subprocess.run([sys.executable, "-m", "grading", str(tmp_path / "sub"), "--out",
                            str(tmp_path / "out"), "--model", "teaching", "--no-execute",
-                           "--no-namespaces"], capture_output=True, text=True, cwd=ROOT,
-                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                           "--no-namespaces"], capture_output=True, text=True, cwd=checkout,
+                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                            "PYTHONPATH": str(checkout)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "isolation: environment only" in proc.stderr
+    assert f"isolation: {NO_NAMESPACES_MODE}" in proc.stderr
     feedback = (tmp_path / "out" / "sub" / "feedback.md").read_text()
     assert f"{sandbox.NO_NAMESPACES_ENV}=1" in feedback

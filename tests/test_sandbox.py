@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -122,13 +124,33 @@ def test_a_process_swarm_stops_at_the_limit(tmp_path):
 
 
 def test_the_no_namespace_path_still_runs_under_its_limits(tmp_path, monkeypatch):
+    from grading.run import unprivileged
+
     monkeypatch.setenv("LABKIT_GRADER_NO_NAMESPACES", "1")
-    box = Sandbox(tmp_path / "me", "teaching", Limits(file_gb=0.001)).create()
-    code = "import os\nopen('big', 'wb').write(b'x' * 3_000_000)\n"
-    rc, _, err, _ = box.run_untrusted([sys.executable, "-c", code], "", box.lab, 60)
-    box.release()
-    assert rc != 0 and "environment only" in box.isolation()
-    assert (box.lab / "big").stat().st_size < 1_100_000  # the file-size limit held
+    # under /tmp: a root grader's student user must pass through to its folder
+    base = Path(tempfile.mkdtemp(prefix="labkit-test-", dir="/tmp"))
+    base.chmod(0o711)
+    with unprivileged.account(None, "teaching") as user:  # None unless the grader is root
+        box = Sandbox(base / "me", "teaching", Limits(file_gb=0.001), account=user).create()
+        code = "import os\nopen('big', 'wb').write(b'x' * 3_000_000)\n"
+        rc, _, err, _ = box.run_untrusted([sys.executable, "-c", code], "", box.lab, 60)
+        isolation = box.isolation()
+        box.release()
+    size = (box.lab / "big").stat().st_size
+    shutil.rmtree(base)
+    assert rc != 0 and isolation.startswith(unprivileged.mode())
+    assert size < 1_100_000  # the file-size limit held
+
+
+def test_a_notebook_left_as_a_link_to_a_solution_is_not_run(tmp_path):
+    """Code run earlier (notebook 1) may replace notebook 2 by a link to the solution,
+    which only the grader may read: the grader never follows it."""
+    from grading.run.kernel import execute_notebook
+
+    box = Sandbox(tmp_path / "me", "teaching").create()
+    (box.lab / craft.NAMES[2]).symlink_to(craft.NOTEBOOKS / craft.NAMES[2])
+    run = execute_notebook(box.lab / craft.NAMES[2], 2, cell_timeout=10, box=box)
+    assert run.status == "invalid" and "symbolic link" in run.message
 
 
 def test_a_submission_folder_is_copied_by_sizes_seen_before_reading(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,10 @@ def execute_notebook(path: Path, step: int, *, cell_timeout: float, deadline: fl
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     start = time.monotonic()
+    real = os.path.realpath(path)  # earlier untrusted code may have left a link (to a solution)
+    if box and (real != os.path.abspath(path) or not real.startswith(os.path.realpath(box.work) + "/")):
+        return NotebookRun(step, path.name, "invalid", "not a file of your work folder (a "
+                           "symbolic link?): not run")
     try:
         nb = nbformat.read(str(path), as_version=4)
     except Exception as exc:  # malformed JSON, wrong format: the submission's
@@ -81,6 +86,8 @@ def execute_notebook(path: Path, step: int, *, cell_timeout: float, deadline: fl
         for process in kernel:
             if process is not None and process.poll() is None:
                 _kill_group(process)
+        if box:
+            box.reap()  # and whatever the kernel left running
     run.seconds = time.monotonic() - start
     if save_to is not None:
         Path(save_to).mkdir(parents=True, exist_ok=True)
@@ -103,6 +110,9 @@ def _sandboxed_kernel(box: Sandbox, step: int):
     km = AsyncKernelManager(kernel_name="grader", transport="ipc", ip=str(ipc / f"k{step}"),
                             kernel_spec_manager=specs)
     km.connection_file = str(box.root / f"kernel-{step}.json")
+    if box.account is not None:  # the kernel, run as the account, must read it
+        km.write_connection_file()
+        os.chown(km.connection_file, box.account.uid, box.account.gid)
     return km
 
 

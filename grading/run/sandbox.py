@@ -49,6 +49,7 @@ class Sandbox:
     settings: dict = field(default_factory=dict)  # LABKIT_* for the kernels (theme, ...)
     allow_namespaces: bool = True  # False: the path a container that forbids them gets
     cgroup: Path | None = None  # a pids cgroup of this submission's kernels, when made
+    account: object = None  # unprivileged.Account: who runs it (root grader, no namespaces)
 
     @property
     def work(self) -> Path:
@@ -66,6 +67,8 @@ class Sandbox:
     def create(self) -> "Sandbox":
         for d in (self.work / ".tmp", self.run_dir, self.lab, self.root / "kernels" / "grader"):
             d.mkdir(parents=True, exist_ok=True)
+        if self.account is not None:
+            self.account.enter(self.root)
         return self
 
     def env(self) -> dict:
@@ -84,6 +87,8 @@ class Sandbox:
         hub = _hf_hub_cache()
         if hub:
             keep["HF_HUB_CACHE"] = str(hub)  # the model cache only, never HF_HOME's token
+        if self.account is not None:  # the staged code, caches and Python
+            keep.update(self.account.stage.env)
         return keep
 
     def wrap(self, argv: list[str]) -> list[str]:
@@ -95,6 +100,10 @@ class Sandbox:
         join = ["sh", "-c", JOIN_CGROUP, str(self.cgroup)] if self._pids_cgroup() else []
         if not self.namespaces:
             limits = LIMITS_SCRIPT.format(mem_kb=mem_kb, fsize_kb=fsize_kb)
+            if self.account is not None:
+                limits, argv = self.account.confine(self, limits, argv, bool(orphan_guard))
+            elif os.geteuid() == 0:
+                raise RuntimeError("never runs as root: give the Sandbox an unprivileged.account")
             return [*orphan_guard, *join, "bash", "-c", limits, "limits", *argv]
         config = self.root / "sandbox.conf"
         config.write_text(self.namespace_config(mem_kb, fsize_kb), encoding="utf-8")
@@ -132,7 +141,9 @@ class Sandbox:
         return bool(self.cgroup)
 
     def release(self) -> None:
-        """Remove the pids cgroup (its processes are gone by now)."""
+        """Remove the pids cgroup (its processes are gone by now); close a kept sandbox."""
+        if self.account is not None:
+            self.account.leave(self.root)
         if self.cgroup:
             try:
                 self.cgroup.rmdir()
@@ -149,7 +160,14 @@ class Sandbox:
         why = (f"namespaces turned off: {NO_NAMESPACES_ENV}=1" if namespaces_forced_off()
                else "namespaces turned off: --no-namespaces" if not self.allow_namespaces
                else "user namespaces are unavailable here")
-        return f"environment only: scrubbed env, own HOME/TMPDIR, resource limits ({why})"
+        if self.account is not None:
+            return self.account.isolation(f"{procs} ({why})")
+        return f"none: the grader's own user, scrubbed env, own HOME/TMPDIR, limits ({why})"
+
+    def reap(self) -> None:
+        """After untrusted code ran: kill whatever of it is left (the account's processes)."""
+        if self.account is not None:
+            self.account.kill_all()
 
     def run_untrusted(self, argv, stdin: str, cwd: Path, timeout: float):
         """(returncode, stdout, stderr, timed_out) of argv in the sandbox; outputs go through
@@ -168,6 +186,8 @@ class Sandbox:
             except BaseException:  # e.g. the grading phase's time limit: leave nothing
                 _kill_group(proc)
                 raise
+            finally:
+                self.reap()
         return proc.returncode, _tail(out), _tail(err), timed_out
 
 

@@ -81,3 +81,51 @@ for path in glob.glob("/proc/*/environ") + [{secret_file!r}]:
 leaks = [f for f in found if f and ("GRADER_TEST_SECRET" in f or "HF_TOKEN" in f or {marker!r} in f)]
 print("LEAKED:", leaks if leaks else "NOTHING")
 '''
+
+
+ATTEMPTS = '''
+import json, os, subprocess, sys
+found = {{"uid": os.getuid()}}
+for key, path, mode in {targets!r}:
+    try:
+        with open(path, mode) as handle:
+            handle.read(100) if mode == "r" else handle.write("pwned")
+        found[key] = "done"
+    except OSError as exc:
+        found[key] = type(exc).__name__
+'''
+
+
+def probe(solution: Path, results: Path, source: Path, heartbeat: Path) -> str:
+    """A hostile cell for where the grader runs without namespaces: who am I, read the
+    solutions, write into the results and the grader's source, leave a process that keeps
+    trying to rewrite the results after grading ends (and beats `heartbeat` while it
+    lives); it ends by raising its findings, which the feedback quotes."""
+    targets = [("read", str(solution), "r"), ("results", str(results), "w"),
+               ("source", str(source), "a")]
+    lingering = ("import json, time\n"
+                 "for _ in range(3000):\n"
+                 f"    open({str(heartbeat)!r}, 'a').write('.')\n"
+                 "    try:\n"
+                 f"        open({str(results)!r}, 'w').write(json.dumps({{'score': 999}}))\n"
+                 "    except OSError:\n"
+                 "        pass\n"
+                 "    time.sleep(0.2)\n")
+    return ATTEMPTS.format(targets=targets) + (
+        f"found['pid'] = subprocess.Popen([sys.executable, '-c', {lingering!r}], "
+        "start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, "
+        "stderr=subprocess.DEVNULL).pid\n"
+        "raise RuntimeError('PROBE ' + json.dumps(found))\n")
+
+def checkout(dest: Path, closed: bool = True) -> Path:
+    """A copy of the lab's checkout (code and solution notebooks) at `dest`, a folder every
+    user may pass through; `closed`: its notebooks closed to other users (chmod -R o=), as
+    the grader asks of an instructor whose student code runs as another user."""
+    dest.mkdir(parents=True, exist_ok=True)
+    dest.chmod(0o755)
+    for name in ("labkit", "grading", "notebooks"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    if closed:
+        for path in [dest / "notebooks", *(dest / "notebooks").rglob("*")]:
+            path.chmod(path.stat().st_mode & 0o770)
+    return dest
