@@ -2,8 +2,9 @@
 (`python -m grading gradescope --out autograder.zip`: the Gradescope autograder, see
 grading.gradescope.)
 
-A submission is a folder with the four notebooks, one notebook (graded alone; its earlier
-steps come from the reference solution), or, with --no-execute, a run directory. Each is
+A submission is a folder with the four notebooks, one notebook or a folder holding one
+(graded alone; its earlier steps come from the reference solution), or, with --no-execute,
+a run directory. Each is
 executed in its own sandbox (grading.autograde) and graded in the grader's process; the
 results go to DIR/<name>/results.json (Gradescope format) and feedback.md, and a line of
 DIR/gradebook.csv. A broken submission is graded, never stops the batch. Exit status: 0 when
@@ -46,6 +47,10 @@ def parse_args(argv):
                         help="grade existing run directories without running notebooks")
     parser.add_argument("--model", default=os.environ.get("LABKIT_MODEL") or "gpt2",
                         help="the model the class uses (LABKIT_MODEL)")
+    parser.add_argument("--theme", default=os.environ.get("LABKIT_THEME") or None,
+                        help="the class's preference theme: a shipped name or a .toml file "
+                             "(LABKIT_THEME; default: labkit's default theme). Checked "
+                             "against --model before the first submission")
     parser.add_argument("--no-namespaces", action="store_true",
                         help="run kernels without user namespaces even where they work (what "
                              "a container that forbids them gets; LABKIT_GRADER_NO_NAMESPACES=1)")
@@ -88,17 +93,32 @@ def main(argv=None) -> int:
     if args.no_namespaces:  # an env var, so that --jobs workers and the probe see it
         os.environ["LABKIT_GRADER_NO_NAMESPACES"] = "1"
     from labkit import runtime
+    from labkit.themes import ThemeError, load_theme
 
+    try:  # an unreadable or invalid theme stops the batch here, in the loader's words
+        theme = load_theme(args.theme)
+    except ThemeError as exc:
+        print(f"grading: cannot start: {exc}", file=sys.stderr)
+        return 2
+    # absolute: the kernels (whose sandbox lets them read it), --jobs workers and the
+    # grader's own checks all read the class's theme from here
+    os.environ["LABKIT_THEME"] = str(theme.path.resolve())
     with runtime.quiet_libraries(), runtime.known_warnings_ignored():
         return _main(args)
 
 
 def _main(args) -> int:
+    from labkit.themes import ThemeError
+
     try:
         from . import autograde
 
         args.out.mkdir(parents=True, exist_ok=True)
         model = prepare_model(args.model, args.jobs)
+        theme = fitted_theme(args.model)
+    except ThemeError as exc:  # a pair too long for the class's model: the loader says which
+        print(f"grading: cannot start: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # the grader cannot run at all
         print(f"grading: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -109,7 +129,8 @@ def _main(args) -> int:
                                 grading_timeout=args.grading_timeout),
         hide=tuple(p.resolve().parent for p in args.submissions), keep_work=bool(args.keep_work),
         threads=max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
-    print(f"grading {len(args.submissions)} submission(s) with {model!r}, "
+    print(f"grading {len(args.submissions)} submission(s) with {model!r}, theme "
+          f"{theme.name!r} ({theme.path}), "
           f"{args.jobs} at a time; isolation: "
           f"{'namespaces' if autograde.namespaces_work() else 'environment only'}",
           file=sys.stderr)
@@ -133,6 +154,17 @@ def prepare_model(name: str, jobs: int) -> str:
     from .policy import base_model
 
     return base_model(name)[2].resolved
+
+
+def fitted_theme(model: str):
+    """The class's theme (LABKIT_THEME, set by main), every pair checked against the
+    grader's copy of the class's model."""
+    from labkit.themes.fit import fit_theme
+
+    from .policy import base_model
+
+    _, tokenizer, info = base_model(model)
+    return fit_theme(None, tokenizer, info)
 
 
 def run_batch(args, opts) -> list[dict]:

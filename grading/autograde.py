@@ -103,7 +103,8 @@ def _execute(path, notebooks, graded, opts, box, out, start, runs) -> list[str]:
     notes = []
     if path.is_dir():  # the whole folder, as the student had it in JupyterLab
         notes += copy_submission(path, box.lab, int(opts.limits.copy_mb * 2**20))
-        copies = {s: box.lab / p.relative_to(path) for s, p in notebooks.items()}
+        copies = {s: box.lab / (p.relative_to(path) if p.is_relative_to(path)
+                                else NOTEBOOKS[s]) for s, p in notebooks.items()}
     else:  # one notebook; earlier steps from the reference, next to it
         copies = {s: box.lab / (p.name if p == path else NOTEBOOKS[s])
                   for s, p in notebooks.items()}

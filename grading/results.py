@@ -234,7 +234,7 @@ def _cell(text: str) -> str:
 def gradebook_row(record: dict, results: dict) -> dict:
     steps = {s["step"]: s["score"] for s in record["steps"]}
     problems = [f"{r['notebook']}: {r['status']}" for r in record["runs"] if r["status"] != "ok"]
-    problems += [n for n in record["notes"] if n.startswith("the grader failed")]
+    problems += [n for n in record["notes"] if n.startswith(("the grader failed", "refused"))]
     return {"submission": record["name"], "score": results["score"],
             "max_score": results["max_score"],
             **{f"step{k}": steps.get(k, "") for k in range(1, 5)},

@@ -9,7 +9,6 @@ the run directory for reading.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -18,7 +17,9 @@ from pathlib import Path
 from labkit import artifacts
 from labkit.release import NOTEBOOKS_DIR
 from labkit.steps import Step1Baseline, Step2Meta, Step3Training, Step4Report
-from labkit.themes import THEMES_DIR, load_theme
+from labkit.config import LabConfig
+from labkit.themes import THEMES_DIR, ThemeError, load_theme
+from labkit.themes.fit import theme_for_model
 
 from . import checks
 from .kernel import execute_notebook
@@ -77,8 +78,12 @@ def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
     theme_used = load_theme()  # a bad theme file fails here, before any notebook runs
     if theme_used.path.parent != THEMES_DIR:  # a file of the instructor's: kernels' cwd differs
         os.environ["LABKIT_THEME"] = str(theme_used.path.resolve())
-    print(f"theme: {theme_used.name} - {theme_used.title}", flush=True)
     quiet_progress_bars()
+    if model:
+        os.environ["LABKIT_MODEL"] = model
+    # every pair must fit the model it trains and evaluates (before any notebook runs)
+    theme_used = theme_for_model(theme_used, LabConfig.from_env().model)
+    print(f"theme: {theme_used.name} - {theme_used.title}", flush=True)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     os.environ["LABKIT_RUN_DIR"] = str(run_dir)
@@ -86,8 +91,6 @@ def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
     # kernels inherit it: OpenMP's default spin-waiting made CPU training 2-25x slower
     # whenever anything else ran on a 2-core machine (docs/benchmarks.md)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if model:
-        os.environ["LABKIT_MODEL"] = model
     steps, start = [], time.perf_counter()
     for step, path in enumerate(notebook_paths(notebooks_dir), start=1):
         print(f"[{step}/4] {path.name} ...", flush=True)
@@ -106,6 +109,7 @@ def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
     report = _report(run_dir, steps, time.perf_counter() - start)
     report["theme"] = theme_used.name
     artifacts.save_json(run_dir / "report.json", report, kind="lab_report")
+    print(f"\nmetrics and per-step details: {run_dir / 'report.json'}")
     print_summary(report)
     return report
 
@@ -138,7 +142,6 @@ def print_summary(report: dict) -> None:
         print(f"theme: {report['theme']}")
     print(f"total: {report['total_seconds']:.1f} s - "
           f"{'all four checks pass' if report['passed'] else 'some checks FAILED'}")
-    print(json.dumps(report["metrics"], indent=1) if report["metrics"] else "no step-4 metrics")
 
 
 def main(argv=None) -> int:
@@ -151,8 +154,12 @@ def main(argv=None) -> int:
     parser.add_argument("--theme", help="a theme name or .toml path (default: $LABKIT_THEME "
                         "or plain); labkit/themes/ lists the shipped ones")
     args = parser.parse_args(argv)
-    report = run_lab(artifacts.run_dir(args.run_dir), model=args.model,
-                     cell_timeout=args.cell_timeout, theme=args.theme)
+    try:
+        report = run_lab(artifacts.run_dir(args.run_dir), model=args.model, cell_timeout=args.cell_timeout,
+                         theme=args.theme)
+    except ThemeError as exc:  # the loader's message says what to fix: no traceback
+        print(f"labkit run: {exc}", file=sys.stderr)
+        return 2
     return 0 if report["passed"] else 1
 
 

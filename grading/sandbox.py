@@ -7,9 +7,10 @@ TMPDIR inside the submission's fresh work directory, cwd its writable copy of th
 submission), limits on address space, file size and process count. With namespaces
 (sandbox.sh, next to this file) the kernel's root is a new, empty tmpfs holding only the
 system directories, the project's code (labkit/, grading/; not the solution notebooks),
-the venv and Python, the model caches (all read-only), a private /tmp, and its own work
-directory (writable): nothing else of the host's filesystem exists for it. Kernels talk to
-the grader over Unix sockets in the work directory (ipc transport), which need no network.
+the venv and Python, the model caches, the class's own theme file (all read-only), a
+private /tmp, and its own work directory (writable): nothing else of the host's filesystem
+exists for it. Kernels talk to the grader over Unix sockets in the work directory (ipc
+transport), which need no network.
 """
 from __future__ import annotations
 
@@ -112,10 +113,11 @@ class Sandbox:
     def allowed(self) -> list[Path]:
         """What the kernel may read besides the system directories (all read-only): its
         own sandbox folder (kernel connection file), the project's packages (not the
-        solution notebooks), the venv and Python, the model caches, a local model."""
+        solution notebooks), the venv and Python, the model caches, a local model, the
+        class's own theme file (wherever it is)."""
         paths = [self.root, REPO / "labkit", REPO / "grading", Path(sys.prefix),
                  Path(sys.base_prefix), Path(sys.executable).resolve().parent, cache_dir(),
-                 _hf_hub_cache(), Path(self.model)]  # model: a local path?
+                 _hf_hub_cache(), Path(self.model), class_theme_file()]  # model: a path?
         return sorted({_real(p) for p in paths if p and Path(p).exists()
                        and str(_real(p)) not in SYSTEM_DIRS},
                       key=lambda p: (len(p.parts), str(p)))
@@ -171,6 +173,19 @@ class Sandbox:
                 _kill_group(proc)
                 raise
         return proc.returncode, _tail(out), _tail(err), timed_out
+
+
+def class_theme_file() -> Path | None:
+    """The class's theme as a file the kernels must read: LABKIT_THEME when it names a
+    .toml outside labkit/themes (the grader makes it absolute before any kernel starts)."""
+    from labkit.themes import THEMES_DIR, ThemeError, theme_name, theme_path
+
+    try:
+        path = theme_path(theme_name())
+    except ThemeError:
+        return None
+    shipped = _real(path).parent == _real(THEMES_DIR)  # inside labkit/: readable already
+    return path if path.is_absolute() and path.is_file() and not shipped else None
 
 
 def make_pids_cgroup(name: str, limit: int) -> Path | None:
