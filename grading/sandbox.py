@@ -125,8 +125,10 @@ class Sandbox:
     def namespace_config(self, mem_kb="unlimited", fsize_kb="unlimited") -> str:
         """The variables sandbox.sh sources: what the kernel may see, and the limits."""
         keeps = " ".join(shlex.quote(str(p)) for p in self.allowed())
+        hides = " ".join(shlex.quote(str(p)) for p in hidden())
         return (f"tmp_mb={self.limits.tmp_mb}\nshm_mb=512\nmem_kb={mem_kb}\n"
-                f"fsize_kb={fsize_kb}\nnproc={self.limits.processes}\nkeeps=({keeps})\n")
+                f"fsize_kb={fsize_kb}\nnproc={self.limits.processes}\nkeeps=({keeps})\n"
+                f"hides=({hides})\n")
 
     def _pids_cgroup(self) -> bool:
         """A pids cgroup for this submission's kernels, where the grader may make one: the
@@ -173,6 +175,15 @@ class Sandbox:
                 _kill_group(proc)
                 raise
         return proc.returncode, _tail(out), _tail(err), timed_out
+
+
+def hidden() -> list[Path]:
+    """Folders inside what the kernel may read that it must not: the solution notebooks
+    that an installed wheel keeps inside the package (labkit/notebooks/, in the venv)."""
+    from labkit.release import NOTEBOOKS_DIR
+
+    inside = _real(NOTEBOOKS_DIR)
+    return [inside] if inside.is_dir() and inside.parent.name == "labkit" else []
 
 
 def class_theme_file() -> Path | None:
