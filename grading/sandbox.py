@@ -26,6 +26,8 @@ from pathlib import Path
 
 from labkit.config import cache_dir
 
+from .sandbox_reads import class_theme_file, hidden
+
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM_DIRS = {"/", "/usr", "/bin", "/lib", "/lib64", "/etc", "/sbin", "/proc", "/sys", "/dev"}
 
@@ -175,28 +177,6 @@ class Sandbox:
                 _kill_group(proc)
                 raise
         return proc.returncode, _tail(out), _tail(err), timed_out
-
-
-def hidden() -> list[Path]:
-    """Folders inside what the kernel may read that it must not: the solution notebooks
-    that an installed wheel keeps inside the package (labkit/notebooks/, in the venv)."""
-    from labkit.release import NOTEBOOKS_DIR
-
-    inside = _real(NOTEBOOKS_DIR)
-    return [inside] if inside.is_dir() and inside.parent.name == "labkit" else []
-
-
-def class_theme_file() -> Path | None:
-    """The class's theme as a file the kernels must read: LABKIT_THEME when it names a
-    .toml outside labkit/themes (the grader makes it absolute before any kernel starts)."""
-    from labkit.themes import THEMES_DIR, ThemeError, theme_name, theme_path
-
-    try:
-        path = theme_path(theme_name())
-    except ThemeError:
-        return None
-    shipped = _real(path).parent == _real(THEMES_DIR)  # inside labkit/: readable already
-    return path if path.is_absolute() and path.is_file() and not shipped else None
 
 
 def make_pids_cgroup(name: str, limit: int) -> Path | None:
