@@ -44,8 +44,14 @@ def _run(args) -> int:
 
 def _release(args) -> int:
     from .bundle import BundleError, default_bundle_path, write_bundle
-    from .release import NOTEBOOKS_DIR, ReleaseError, release
     from .themes import ThemeError
+
+    try:
+        from .release import NOTEBOOKS_DIR, ReleaseError, release
+    except ModuleNotFoundError:  # the student package leaves the release tool out
+        print("labkit release: this is the student package (no solutions): releases are "
+              "made from the full lab", file=sys.stderr)
+        return 2
 
     try:
         counts = release(Path(args.source or NOTEBOOKS_DIR), Path(args.out))
