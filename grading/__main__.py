@@ -41,7 +41,8 @@ def parse_args(argv):
                         help="the model the class uses (LABKIT_MODEL)")
     parser.add_argument("--theme", default=os.environ.get("LABKIT_THEME") or None,
                         help="the class's preference theme: a shipped name or a .toml file "
-                             "(LABKIT_THEME; default: labkit's default theme)")
+                             "(LABKIT_THEME; default: labkit's default theme). Checked "
+                             "against --model before the first submission")
     parser.add_argument("--no-namespaces", action="store_true",
                         help="run kernels without user namespaces even where they work (what "
                              "a container that forbids them gets; LABKIT_GRADER_NO_NAMESPACES=1)")
@@ -103,19 +104,21 @@ def main(argv=None) -> int:
 def _main(args) -> int:
     from labkit.themes import ThemeError, load_theme
 
-    try:
+    try:  # an unreadable or invalid theme stops the batch here, in the loader's words
         opts = options(args)
-        load_theme(opts.theme)  # a broken theme stops the batch before any submission
+        theme = load_theme(opts.theme)
         args.out.mkdir(parents=True, exist_ok=True, mode=0o750)  # never others'
         model = prepare_model(args.model, args.jobs)
+        theme = fitted_theme(theme, args.model)  # every pair fits the class's model
     except ThemeError as exc:
-        print(f"grading: cannot start: the theme: {exc}", file=sys.stderr)
+        print(f"grading: cannot start: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # the grader cannot run at all
         print(f"grading: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    print(f"grading {len(args.submissions)} submission(s) with {model!r}, "
-          f"{args.jobs} at a time; isolation: {unprivileged.mode(opts.namespaces)}",
+    print(f"grading {len(args.submissions)} submission(s) with {model!r}, theme "
+          f"{theme.name!r} ({theme.path}), {args.jobs} at a time; isolation: "
+          f"{unprivileged.mode(opts.namespaces)}",
           file=sys.stderr)
     try:
         opts = replace(opts, stage=unprivileged.stage_for_batch(
@@ -148,6 +151,17 @@ def prepare_model(name: str, jobs: int) -> str:
     from .checks.policy import base_model
 
     return base_model(name)[2].resolved
+
+
+def fitted_theme(theme, model: str):
+    """The class's theme with every pair checked against the grader's copy of the class's
+    model (ThemeError names each pair too long for it)."""
+    from labkit.themes.fit import fit_theme
+
+    from .checks.policy import base_model
+
+    _, tokenizer, info = base_model(model)
+    return fit_theme(theme, tokenizer, info)
 
 
 def run_batch(args, opts: Options) -> list[dict]:

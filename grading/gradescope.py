@@ -2,15 +2,17 @@
 
 The zip holds Gradescope's two entry points at its root, and the lab's source (labkit/,
 grading/, notebooks/ - the reference solution a single-notebook submission's earlier steps
-are run from - pyproject.toml, README.md):
+are run from - and requirements.txt, pyproject's dependencies). It is built the same from a
+checkout or from the installed wheel.
 
-- `setup.sh`, run once when Gradescope builds the image: a venv, the CPU build of torch
-  first, the lab installed editable from /autograder/source, the class's model cached
-  (submissions are then graded offline).
+- `setup.sh`, run once when Gradescope builds the image: a supported Python (the image's
+  python3 when new enough, else one from apt), a venv, the CPU build of torch first, the
+  lab's dependencies, the class's model cached and the class's theme checked against it
+  (submissions are then graded offline; the lab runs from /autograder/source).
 - `run_autograder`, run for every submission: `python -m grading.gradescope run`, which
   grades /autograder/submission with the same grader as `python -m grading` and writes
   /autograder/results/results.json in Gradescope's documented format (checked by
-  `check.gradescope_format.validate` before it is written).
+  `checks.gradescope_format.validate` before it is written).
 
 `AUTOGRADER_ROOT` (default /autograder) moves the whole tree, so that a test runs the zip
 end to end in a temporary folder; `AUTOGRADER_SKIP_INSTALL=1` makes setup.sh reuse the
@@ -28,96 +30,15 @@ import time
 import zipfile
 from pathlib import Path
 
-from . import REPO
 from .checks.gradescope_format import VISIBILITIES, write_results
 from .run.limits import Limits
 
-TORCH_CPU = "torch==2.13.0"  # the Makefile's TORCH_CPU (a test keeps them equal)
-TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # PyPI's Linux torch is the CUDA build
-SHIPPED = ("labkit", "grading", "notebooks", "pyproject.toml", "README.md")
-SKIPPED_PARTS = {"__pycache__", ".ipynb_checkpoints"}
-CONFIG = "autograder.json"
+# the zip's side (its file names and pins, re-exported: they are this command's too)
+from .gradescope_zip import (CONFIG, REQUIREMENTS, THEME_FILE, TORCH_CPU,  # noqa: F401
+                             TORCH_INDEX, build_zip)
+
+SKIPPED_PARTS = {"__pycache__", ".ipynb_checkpoints"}  # never taken for a submission
 MAX_POINTS = 100
-
-SETUP_SH = """#!/usr/bin/env bash
-# Gradescope runs this once, as root, when it builds the autograder image. Its last step
-# also creates the unprivileged user student code runs as (where namespaces are off) and
-# closes source/ (the solutions), submission/ and results/ to it (chmod o=).
-# AUTOGRADER_ROOT (default /autograder) moves the tree; AUTOGRADER_SKIP_INSTALL=1 reuses the
-# Python in AUTOGRADER_PYTHON instead of making a venv (tests); TORCH_INDEX_URL= (empty)
-# takes torch from PyPI instead of PyTorch's CPU index.
-set -euo pipefail
-ROOT="${{AUTOGRADER_ROOT:-/autograder}}"
-SRC="$ROOT/source"
-export LABKIT_CACHE="${{LABKIT_CACHE:-$ROOT/cache}}"
-TORCH_INDEX_URL="${{TORCH_INDEX_URL-{torch_index}}}"
-if [ "${{AUTOGRADER_SKIP_INSTALL:-0}}" = 1 ]; then
-  PY="${{AUTOGRADER_PYTHON:?AUTOGRADER_SKIP_INSTALL=1 needs AUTOGRADER_PYTHON}}"
-else
-  if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
-    apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip
-  fi
-  python3 -m venv "$ROOT/venv"
-  PY="$ROOT/venv/bin/python"
-  "$PY" -m pip install -q --upgrade pip
-  # the CPU build of torch first: the lab's dependencies would otherwise pull CUDA's
-  "$PY" -m pip install -q "{torch}" ${{TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}}
-  "$PY" -m pip install -q -e "$SRC"
-fi
-cd "$SRC"
-PYTHONPATH="$SRC" "$PY" -m grading.gradescope prepare
-"""
-
-RUN_AUTOGRADER = """#!/usr/bin/env bash
-# Gradescope runs this for every submission: grade $ROOT/submission and write
-# $ROOT/results/results.json. AUTOGRADER_ROOT (default /autograder) moves the tree;
-# AUTOGRADER_PYTHON overrides the venv's Python; LABKIT_GRADER_NO_NAMESPACES=1 forces the
-# path without user namespaces.
-set -uo pipefail
-ROOT="${AUTOGRADER_ROOT:-/autograder}"
-SRC="$ROOT/source"
-export LABKIT_CACHE="${LABKIT_CACHE:-$ROOT/cache}" HF_HUB_OFFLINE=1 PYTHONPATH="$SRC"
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-PY="${AUTOGRADER_PYTHON:-$ROOT/venv/bin/python}"
-cd "$SRC"
-exec "$PY" -m grading.gradescope run --root "$ROOT"
-"""
-
-
-# ----------------------------------------------------------------------------- the zip
-THEME_FILE = "theme.toml"
-
-
-def build_zip(out: Path, config: dict, repo: Path = REPO) -> list[str]:
-    """Write the autograder zip; returns its member names. Reproducible: sorted members,
-    fixed timestamps, so the same source gives the same zip."""
-    members: dict[str, tuple[bytes, int]] = {
-        "setup.sh": (SETUP_SH.format(torch=TORCH_CPU, torch_index=config["torch_index"])
-                     .encode(), 0o755),
-        "run_autograder": (RUN_AUTOGRADER.encode(), 0o755),
-        CONFIG: ((json.dumps(config, indent=2) + "\n").encode(), 0o644)}
-    if config.get("theme_file"):  # an instructor's own theme, shipped beside the lab
-        members[THEME_FILE] = (Path(config["theme_file"]).read_bytes(), 0o644)
-    for name in SHIPPED:
-        path = repo / name
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: the autograder ships it "
-                                    "(run from a checkout of the lab)")
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        for file in files:
-            rel = file.relative_to(repo)
-            if SKIPPED_PARTS.intersection(rel.parts) or file.suffix == ".pyc":
-                continue
-            members[rel.as_posix()] = (file.read_bytes(), 0o644)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name in sorted(members):
-            data, mode = members[name]
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = (0o100000 | mode) << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, data)
-    return sorted(members)
 
 
 def prepare(source: Path) -> int:
@@ -126,14 +47,29 @@ def prepare(source: Path) -> int:
     image build instead of every submission."""
     from labkit.models import load_model
 
-    model = json.loads((source / CONFIG).read_text(encoding="utf-8"))["model"]
-    _, _, info = load_model(model, strict=True)
+    from labkit.themes import ThemeError
+    from labkit.themes.fit import fit_theme
+
+    config = json.loads((source / CONFIG).read_text(encoding="utf-8"))
+    _, tokenizer, info = load_model(config["model"], strict=True)
     print(f"autograder model ready: {info.resolved}")
+    try:  # the class's theme, every pair checked against the class's model
+        theme = fit_theme(class_theme(source, config) or None, tokenizer, info)
+    except ThemeError as exc:
+        print(f"autograder theme refused: {exc}", file=sys.stderr)
+        return 2
+    print(f"autograder theme ready: {theme.name} ({theme.title})")
     if os.geteuid() == 0:  # student code will run as another user, not root
         from .run.unprivileged import set_up
 
         print(set_up(source.parent))
     return 0
+
+
+def class_theme(source: Path, config: dict) -> str:
+    """The theme the zip grades with: its own theme.toml, a shipped name, or '' (default)."""
+    return str(source.resolve() / THEME_FILE) if config.get("theme_file") else config.get(
+        "theme", "")
 
 
 # ----------------------------------------------------------------------------- grading
@@ -193,8 +129,7 @@ def run(root: Path, python: str = sys.executable) -> int:
                 "files or in a zip.", time.monotonic() - start))
             return 0
         print(f"grading {target} with model {config['model']!r}", flush=True)
-        theme = str(root / "source" / THEME_FILE) if config.get("theme_file") else config.get(
-            "theme", "")
+        theme = class_theme(root / "source", config)
         out = Path(tmp) / "out"
         cmd = [python, "-m", "grading", str(target), "--out", str(out),
                "--model", config["model"], "--timeout", str(config["timeout"]),
@@ -271,13 +206,13 @@ def main(argv=None) -> int:
               "torch": TORCH_CPU, "torch_index": args.torch_index,
               "integrity_visibility": args.integrity_visibility}
     if args.theme:
-        from labkit.themes import ThemeError, load_theme, theme_path
+        from labkit.themes import THEMES_DIR, ThemeError, load_theme, theme_path
 
         try:  # a broken theme file fails here, at the instructor's desk, not per submission
             theme = load_theme(args.theme)
         except ThemeError as exc:
             parser.error(str(exc))
-        shipped = theme_path(args.theme).resolve().parent == REPO / "labkit" / "themes"
+        shipped = theme_path(args.theme).resolve().parent == THEMES_DIR.resolve()
         config.update(theme=theme.name, theme_file=None if shipped else
                       str(theme_path(args.theme).resolve()))
     try:
@@ -285,8 +220,9 @@ def main(argv=None) -> int:
     except OSError as exc:
         print(f"grading gradescope: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.out}: {len(members)} files (setup.sh, run_autograder, {CONFIG}, "
-          f"{', '.join(SHIPPED)}); model {args.model!r}")
+    print(f"{args.out}: {len(members)} files (setup.sh, run_autograder, {CONFIG}, labkit/, "
+          f"grading/, notebooks/, {REQUIREMENTS}); model {args.model!r}"
+          + (f", theme {config['theme']!r}" if config.get("theme") else ""))
     return 0
 
 

@@ -9,7 +9,6 @@ the run directory for reading.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,7 +18,9 @@ from labkit import artifacts, runtime
 from labkit.__main__ import add_run_arguments
 from labkit.release import NOTEBOOKS_DIR
 from labkit.steps import Step1Baseline, Step2Meta, Step3Training, Step4Report
-from labkit.themes import load_theme
+from labkit.config import LabConfig
+from labkit.themes import ThemeError, load_theme
+from labkit.themes.fit import theme_for_model
 
 from .checks import check_step1, check_step2, check_step3, check_step4
 from .run.kernel import execute_notebook
@@ -59,19 +60,19 @@ def key_figure(step: int, run_dir: Path, theme=None) -> str:
 def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
             notebooks_dir: Path = NOTEBOOKS_DIR, theme: str | None = None) -> dict:
     """Execute the four notebooks, grade each step, write `run_dir/report.json`.
-    `theme` (else `LABKIT_THEME`) is checked first, then passed to the kernels in their
-    environment; this process's own environment is left as it was."""
-    theme_used = load_theme(theme)  # a bad theme file fails here, before any notebook runs
+    `theme` (else `LABKIT_THEME`) is checked first, against the model too (every pair must
+    fit it), then passed to the kernels in their environment; this process's own
+    environment is left as it was."""
+    model = model or LabConfig.from_env().model
+    theme_used = theme_for_model(load_theme(theme), model)  # before any notebook runs
     print(f"theme: {theme_used.name} - {theme_used.title}", flush=True)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LABKIT_RUN_DIR": str(run_dir), "LABKIT_THEME": theme_used.reference,
-           "LABKIT_STATIC_WIDGETS": "1"}  # no browser: the explorer saves as HTML
+           "LABKIT_MODEL": model, "LABKIT_STATIC_WIDGETS": "1"}  # static: no browser
     # OpenMP's default spin-waiting made CPU training 2-25x slower whenever anything else
     # ran on a 2-core machine (docs/benchmarks.md)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if model:
-        env["LABKIT_MODEL"] = model
     checks = {1: check_step1, 2: lambda r: check_step2(r, theme=theme_used), 3: check_step3,
               4: lambda r: check_step4(r, theme=theme_used)}
     steps, start = [], time.perf_counter()
@@ -94,6 +95,7 @@ def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
     report = _report(run_dir, steps, time.perf_counter() - start)
     report["theme"] = theme_used.name
     artifacts.save_json(run_dir / "report.json", report, kind="lab_report")
+    print(f"\nmetrics and per-step details: {run_dir / 'report.json'}")
     print_summary(report)
     return report
 
@@ -126,7 +128,6 @@ def print_summary(report: dict) -> None:
         print(f"theme: {report['theme']}")
     print(f"total: {report['total_seconds']:.1f} s - "
           f"{'all four checks pass' if report['passed'] else 'some checks FAILED'}")
-    print(json.dumps(report["metrics"], indent=1) if report["metrics"] else "no step-4 metrics")
 
 
 def main(argv=None) -> int:
@@ -134,8 +135,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labkit run", description=__doc__.split("\n")[0])
     add_run_arguments(parser)
     args = parser.parse_args(argv)
-    report = run_lab(artifacts.run_dir(args.run_dir), model=args.model,
-                     cell_timeout=args.cell_timeout, theme=args.theme)
+    try:
+        report = run_lab(artifacts.run_dir(args.run_dir), model=args.model,
+                         cell_timeout=args.cell_timeout, theme=args.theme)
+    except ThemeError as exc:  # the loader's message says what to fix: no traceback
+        print(f"labkit run: {exc}", file=sys.stderr)
+        return 2
     return 0 if report["passed"] else 1
 
 

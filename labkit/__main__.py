@@ -53,11 +53,26 @@ def _run(args) -> int:
 
 
 def _release(args) -> int:
-    from .release import NOTEBOOKS_DIR, release
+    from .bundle import BundleError, default_bundle_path, write_bundle
+    from .themes import ThemeError
 
-    counts = release(Path(args.source or NOTEBOOKS_DIR), Path(args.out))
-    for name, n in counts.items():
-        print(f"{name}: {n} exercise(s) -> {Path(args.out) / name}")
+    try:
+        from .release import NOTEBOOKS_DIR, ReleaseError, release
+    except ModuleNotFoundError:  # the student package leaves the release tool out
+        print("labkit release: this is the student package (no solutions): releases are "
+              "made from the full lab", file=sys.stderr)
+        return 2
+
+    try:
+        counts = release(Path(args.source or NOTEBOOKS_DIR), Path(args.out))
+        for name, n in counts.items():
+            print(f"{name}: {n} exercise(s) -> {Path(args.out) / name}")
+        bundle = write_bundle(Path(args.out), Path(args.bundle or default_bundle_path(args.out)),
+                              args.theme)
+    except (ReleaseError, ThemeError, BundleError) as exc:
+        print(f"labkit release: {exc}", file=sys.stderr)
+        return 2
+    print(f"student bundle (notebooks + the student package, no solutions) -> {bundle}")
     return 0
 
 
@@ -78,6 +93,10 @@ def main(argv=None) -> int:
     rel = sub.add_parser("release", help="write the student version of the notebooks")
     rel.add_argument("--out", required=True, help="output directory")
     rel.add_argument("--source", help="solution notebooks (default: notebooks/)")
+    rel.add_argument("--bundle", help="the student bundle zip (default: "
+                     "OUT/dpo-lab-student.zip)")
+    rel.add_argument("--theme", help="the class's theme for the bundle: name or .toml path "
+                     "(default: $LABKIT_THEME or plain)")
     rel.set_defaults(func=_release)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -14,9 +14,13 @@ from pathlib import Path
 
 import nbformat
 
+from .bundle import INSTALL_CELL
 from .reflections import MARKER, blank_answer
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+# the solution notebooks: inside the package when installed from the wheel, else the
+# checkout's notebooks/ (pyproject.toml maps one onto the other)
+_PACKAGED = Path(__file__).resolve().parent / "notebooks"
+NOTEBOOKS_DIR = _PACKAGED if _PACKAGED.is_dir() else _PACKAGED.parent.parent / "notebooks"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 EXERCISE = re.compile(r"#\s*(Exercise\s+\d+\.\d+)\s*:?\s*(.*)")
 
@@ -63,6 +67,7 @@ def release_notebook(source: Path, target: Path) -> int:
             cell.source = blank_answer(cell.source)
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
+    nb.cells.insert(0, nbformat.v4.new_code_cell(INSTALL_CELL))  # the lab, where it is missing
     nb.metadata.pop("widgets", None)
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, target)

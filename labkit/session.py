@@ -1,6 +1,6 @@
 """The first cell of every notebook: apply the lab's runtime policy (labkit.runtime), seed,
-and print an environment report (versions, device, model in use) so every screenshot a
-student sends says what it ran on."""
+and print an environment report (versions, device, model and theme in use) so every
+screenshot a student sends says what it ran on."""
 from __future__ import annotations
 
 import os
@@ -46,9 +46,18 @@ def start(step: int) -> LabConfig:
     torch.manual_seed(cfg.seed)
     report = environment_report(cfg)
     print(f"DPO Lab - step {step}")
-    for key, value in report.items():
+    for key, value in {**report, "theme": _theme_line()}.items():
         print(f"  {key:<13}{value}")
     return cfg
+
+
+def _theme_line() -> str:
+    """Which preference this run teaches (LABKIT_THEME, else the package's default)."""
+    from .themes import THEMES_DIR, load_theme
+
+    theme = load_theme()
+    own = theme.path.resolve().parent != THEMES_DIR.resolve()
+    return f"{theme.name} - {theme.title}" + (f" ({theme.path})" if own else "")
 
 
 def stop() -> None:

@@ -35,6 +35,11 @@ def build(out: Path, *extra) -> subprocess.CompletedProcess:
                            *extra], capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
+def zf_text(archive: Path, name: str) -> str:
+    with zipfile.ZipFile(archive) as zf:
+        return zf.read(name).decode()
+
+
 def unzip(archive: Path, dest: Path) -> None:
     """Extract like `unzip` does on Gradescope: with the members' permission bits."""
     with zipfile.ZipFile(archive) as zf:
@@ -83,13 +88,17 @@ def test_zip_has_the_entry_points_at_its_root_executable_and_the_lab(tmp_path):
         setup = zf.read("setup.sh").decode()
     for script in ("setup.sh", "run_autograder"):
         assert (infos[script].external_attr >> 16) & 0o777 == 0o755, script
-    for name in ("pyproject.toml", "README.md", "labkit/__init__.py", "grading/gradescope.py",
+    for name in ("requirements.txt", "labkit/__init__.py", "labkit/themes/plain.toml",
+                 "grading/gradescope.py", "grading/sandbox.sh",
                  *(f"notebooks/{n}" for n in craft.NAMES.values())):
         assert name in infos, name
     assert not [n for n in infos if "__pycache__" in n or n.endswith(".pyc")]
     assert config["model"] == "teaching" and config["timeout"] == 900
-    # CPU torch first, then the lab from the shipped source, then the model cached
-    order = [setup.index(s) for s in ('install -q "torch==', 'install -q -e "$SRC"',
+    # pyproject's dependencies, one per line (the lab itself runs from the zip's source)
+    requirements = zf_text(archive, "requirements.txt").split()
+    assert "torch>=2.6" in requirements and any(r.startswith("trl") for r in requirements)
+    # CPU torch first, then the lab's dependencies, then the model cached
+    order = [setup.index(s) for s in ('install -q "torch==', 'install -q -r "$SRC/requirements',
                                       "grading.gradescope prepare")]
     assert order == sorted(order)
     again = tmp_path / "again.zip"

@@ -145,7 +145,7 @@ class SubmissionResult:
     def gradebook_row(self) -> dict:
         steps = {s.step: s.score for s in self.steps}
         problems = [f"{r.notebook}: {r.status}" for r in self.runs if r.status != "ok"]
-        problems += [n for n in self.notes if n.startswith("the grader failed")]
+        problems += [n for n in self.notes if n.startswith(("the grader failed", "refused"))]
         return {"submission": self.name, "score": self.score, "max_score": self.max_score,
                 **{f"step{k}": steps.get(k, "") for k in range(1, 5)},
                 "seconds": round(self.seconds, 1), "problems": "; ".join(problems),

@@ -7,9 +7,10 @@ TMPDIR inside the submission's fresh work directory, cwd its writable copy of th
 submission), limits on address space, file size and process count. With namespaces
 (sandbox.sh, next to this file) the kernel's root is a new, empty tmpfs holding only the
 system directories, the project's code (labkit/, grading/; not the solution notebooks),
-the venv and Python, the model caches (all read-only), a private /tmp, and its own work
-directory (writable): nothing else of the host's filesystem exists for it. Kernels talk to
-the grader over Unix sockets in the work directory (ipc transport), which need no network.
+the venv and Python, the model caches, the class's own theme file (all read-only), a
+private /tmp, and its own work directory (writable): nothing else of the host's filesystem
+exists for it. Kernels talk to the grader over Unix sockets in the work directory (ipc
+transport), which need no network.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from labkit.config import cache_dir
 
 from .. import REPO
 from .limits import Limits
+from .sandbox_reads import class_theme_file, hidden
 
 SYSTEM_DIRS = {"/", "/usr", "/bin", "/lib", "/lib64", "/etc", "/sbin", "/proc", "/sys", "/dev"}
 
@@ -118,10 +120,12 @@ class Sandbox:
     def allowed(self) -> list[Path]:
         """What the kernel may read besides the system directories (all read-only): its
         own sandbox folder (kernel connection file), the project's packages (not the
-        solution notebooks), the venv and Python, the model caches, a local model."""
+        solution notebooks), the venv and Python, the model caches, a local model, the
+        class's own theme file (wherever it is)."""
         paths = [self.root, REPO / "labkit", REPO / "grading", Path(sys.prefix),
                  Path(sys.base_prefix), Path(sys.executable).resolve().parent, cache_dir(),
-                 _hf_hub_cache(), Path(self.model)]  # model: a local path?
+                 _hf_hub_cache(), Path(self.model),  # model: a local path?
+                 class_theme_file(self.settings.get("LABKIT_THEME"))]
         return sorted({_real(p) for p in paths if p and Path(p).exists()
                        and str(_real(p)) not in SYSTEM_DIRS},
                       key=lambda p: (len(p.parts), str(p)))
@@ -129,8 +133,10 @@ class Sandbox:
     def namespace_config(self, mem_kb="unlimited", fsize_kb="unlimited") -> str:
         """The variables sandbox.sh sources: what the kernel may see, and the limits."""
         keeps = " ".join(shlex.quote(str(p)) for p in self.allowed())
+        hides = " ".join(shlex.quote(str(p)) for p in hidden())
         return (f"tmp_mb={self.limits.tmp_mb}\nshm_mb=512\nmem_kb={mem_kb}\n"
-                f"fsize_kb={fsize_kb}\nnproc={self.limits.processes}\nkeeps=({keeps})\n")
+                f"fsize_kb={fsize_kb}\nnproc={self.limits.processes}\nkeeps=({keeps})\n"
+                f"hides=({hides})\n")
 
     def _pids_cgroup(self) -> bool:
         """A pids cgroup for this submission's kernels, where the grader may make one: the

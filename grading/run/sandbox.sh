@@ -2,8 +2,9 @@
 # The namespace half of grading/run/sandbox.py's sandbox, built by allow-list. Runs as the
 # (mapped) root of fresh user+mount+net+pid namespaces:   sandbox.sh CONFIG WORK COMMAND...
 # CONFIG (written by Sandbox.wrap, sourced here) sets tmp_mb, shm_mb, mem_kb, fsize_kb,
-# nproc and the array `keeps` (paths the kernel may read). A new root is built on an empty
-# tmpfs: the system directories and `keeps` bound read-only at their own paths, a minimal
+# nproc and the arrays `keeps` (paths the kernel may read) and `hides` (folders in them it
+# may not). A new root is built on an empty tmpfs: the system directories and `keeps` bound
+# read-only at their own paths (each of `hides` covered by an empty tmpfs), a minimal
 # /dev, a fresh /proc and /sys, a private /tmp and /dev/shm, and WORK (the only writable
 # host folder). Then pivot_root: nothing else of the host filesystem exists for COMMAND.
 set -eu
@@ -25,6 +26,11 @@ for d in /usr /bin /sbin /lib /lib32 /lib64 /libx32 /etc; do bind "$d"; done
 mkdir -p "$new/tmp" "$new/proc" "$new/sys" "$new/dev/shm"
 mount -t tmpfs -o "size=${tmp_mb}m,mode=1777" grader-tmp "$new/tmp"
 for p in "${keeps[@]}"; do bind "$p"; done
+# `hides`: folders inside a kept one the kernel must not read (an installed wheel's
+# solution notebooks): an empty, read-only tmpfs covers each
+for p in "${hides[@]}"; do
+  if [ -d "$new$p" ]; then mount -t tmpfs -o size=4k,mode=555 grader-hide "$new$p"; fi
+done
 mkdir -p "$new$work"; mount --bind "$work" "$new$work"
 mount -t proc -o nosuid,nodev,noexec proc "$new/proc"
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$new/sys" 2>/dev/null || true

@@ -15,16 +15,19 @@ from ..checks.bounds import MAX_JSON_BYTES
 from ..checks.rubric import NOTEBOOKS
 
 STEP_FROM_NAME = re.compile(r"^0?([1-4])(?:[_\-\s.]|$)")
+COPY_PREFIX = re.compile(r"^(?:copy\s+of\s+)+", re.IGNORECASE)  # Drive's "Copy of X.ipynb"
 STEP_FROM_CHECK = re.compile(r"grading\.check\(\s*([1-4])\s*[,)]")
 
 
 def notebook_step(path: Path) -> int | None:
-    """Which step a notebook is: by its name (01_..., 3-train.ipynb), else by the
-    `grading.check(N)` it calls. None when neither tells."""
-    for step, name in NOTEBOOKS.items():
-        if path.name == name:
+    """Which step a notebook is: by its name (01_..., 3-train.ipynb, as downloads rename it:
+    "Copy of 03_train_dpo.ipynb", "03_train_dpo (1).ipynb"), else by the `grading.check(N)`
+    it calls. None when neither tells."""
+    name = COPY_PREFIX.sub("", path.name)
+    for step, canonical in NOTEBOOKS.items():
+        if name == canonical:
             return step
-    match = STEP_FROM_NAME.match(path.name)
+    match = STEP_FROM_NAME.match(name)
     if match:
         return int(match.group(1))
     try:
@@ -34,23 +37,43 @@ def notebook_step(path: Path) -> int | None:
     return int(found[-1]) if found else None
 
 
-def find_notebooks(folder: Path) -> tuple[dict[int, Path], list[str]]:
-    """{step: notebook} in a submission folder (or its notebooks/ subfolder), and notes on
-    what was ambiguous or unrecognised."""
+def notebooks_by_step(folder: Path) -> tuple[dict[int, list[Path]], list[str]]:
+    """{step: [notebooks]} in a submission folder (or its notebooks/ subfolder), and notes
+    on the notebooks not recognised as a step."""
     candidates = sorted(p for d in (folder, folder / "notebooks") if d.is_dir()
                         for p in d.glob("*.ipynb") if p.is_file() and not p.is_symlink())
-    found, notes = {}, []
+    by_step: dict[int, list[Path]] = {}
+    notes = []
     for path in candidates:
         step = notebook_step(path)
         if step is None:
             notes.append(f"{path.name}: not recognised as one of the lab's notebooks (ignored)")
-        elif step in found and found[step].name == NOTEBOOKS[step]:
-            notes.append(f"{path.name}: a second notebook for step {step} (ignored)")
         else:
-            if step in found:
-                notes.append(f"{found[step].name}: a second notebook for step {step} (ignored)")
-            found[step] = path
+            by_step.setdefault(step, []).append(path)
+    return dict(sorted(by_step.items())), notes
+
+
+def find_notebooks(folder: Path) -> tuple[dict[int, Path], list[str]]:
+    """{step: notebook} in a folder, and notes; of two for one step, the one with the lab's
+    own name (else the last by name) is used and the note says which was not."""
+    by_step, notes = notebooks_by_step(folder)
+    found = {}
+    for step, paths in by_step.items():
+        found[step] = next((p for p in paths if p.name == NOTEBOOKS[step]), paths[-1])
+        notes += [f"{p.name}: a second notebook for step {step} (ignored)"
+                  for p in paths if p != found[step]]
     return found, notes
+
+
+def duplicates_message(by_step: dict[int, list[Path]]) -> str | None:
+    """The refusal of a folder holding two notebooks for one step, or None."""
+    clashes = {s: paths for s, paths in by_step.items() if len(paths) > 1}
+    if not clashes:
+        return None
+    listed = "; ".join(f"step {s}: " + ", ".join(p.name for p in paths)
+                       for s, paths in clashes.items())
+    return (f"refused: more than one notebook for the same step ({listed}). Nothing was "
+            "run: keep exactly one notebook per step (delete the copies) and submit again")
 
 
 def copy_artifacts(src: Path, dst: Path, max_policy_bytes: int | None = None) -> list[str]:
@@ -151,6 +174,7 @@ class Plan:
         reference's earlier steps. Returns ({step: copy}, notes on what was left out)."""
         notes = copy_submission(self.source, lab, max_bytes) if self.whole_folder else []
         copies = {s: lab / (p.relative_to(self.source) if self.whole_folder
+                            and p.is_relative_to(self.source)
                             else p.name if p == self.source else NOTEBOOKS[s])
                   for s, p in self.notebooks.items()}
         for step, copy in copies.items():  # left out by the copy's limits, or the reference's
@@ -165,20 +189,33 @@ class Plan:
 
 
 def plan(path: Path, reference: Path) -> Plan:
-    """A folder is the whole lab; a single notebook is graded alone, its earlier steps made
-    by the reference solution."""
-    if path.is_dir():
-        found, notes = find_notebooks(path)
-        return Plan(path, found, [1, 2, 3, 4], notes)
+    """A folder of several notebooks is the whole lab; a single notebook, alone or the only
+    one in its folder, is graded alone, its earlier steps made by the reference solution.
+    A folder with two notebooks for one step is refused: nothing runs, the note says why."""
+    if not path.is_dir():
+        return _single(path, path, reference, [])
+    by_step, notes = notebooks_by_step(path)
+    refusal = duplicates_message(by_step)
+    if refusal:
+        return Plan(path, {}, sorted(by_step) if len(by_step) == 1 else [1, 2, 3, 4],
+                    [refusal, *notes])
+    if len(by_step) == 1:
+        (only,), = by_step.values()
+        return _single(path, only, reference, notes)
+    return Plan(path, {s: paths[0] for s, paths in by_step.items()}, [1, 2, 3, 4], notes)
+
+
+def _single(source: Path, path: Path, reference: Path, notes: list[str]) -> Plan:
+    """The plan for one notebook (`path`, given as `source`: itself or its folder)."""
     step, problem = notebook_step(path), _unreadable(path)
     if step is None:
         problem = problem or "not recognised as one of the lab notebooks"
-        return Plan(path, {}, [1, 2, 3, 4], [f"{path.name}: {problem}"])
+        return Plan(source, {}, [1, 2, 3, 4], [*notes, f"{path.name}: {problem}"])
     ref, _ = find_notebooks(reference) if reference.is_dir() else ({}, [])
     earlier = {s: ref[s] for s in range(1, step) if s in ref}
-    notes = [f"steps {', '.join(map(str, earlier))} were run from the reference solution "
-             "(not graded)"] if earlier else []
-    return Plan(path, {**earlier, step: path}, [step], notes)
+    notes = notes + ([f"steps {', '.join(map(str, earlier))} were run from the reference "
+                      "solution (not graded)"] if earlier else [])
+    return Plan(source, {**earlier, step: path}, [step], notes)
 
 
 def plan_existing(path: Path) -> tuple[Plan, Path]:

@@ -17,10 +17,7 @@ from typing import Callable
 
 from ..data import MIN_PAIRS, find_problems
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10 (pyproject allows it): tomli has the same API
-    import tomli as tomllib
+import tomllib
 
 THEMES_DIR = Path(__file__).parent
 DEFAULT_THEME = "plain"
@@ -28,7 +25,11 @@ MIN_THEME_PROMPTS, MIN_FAR_PROMPTS, MIN_HELDOUT_PAIRS = 4, 1, 4
 # judge name -> (module, function): a text -> label function in labkit
 JUDGES = {"judge_style": ("labkit.teaching", "judge_style")}
 KEYS = {"title", "preference", "prompt_format", "held_prompts", "judge", "example_pairs",
-        "heldout_pairs"}
+        "heldout_pairs", "student_version"}
+# the student package's copy of a theme (labkit.bundle): its example pairs, the solution of
+# exercise 2.1, are left out, and it says so with `student_version = true`
+STUDENT_KEY = "student_version"
+DEFAULT_FILE = "DEFAULT"  # in THEMES_DIR of a student package: the class's theme's name
 REQUIRED = ("title", "preference", "held_prompts", "example_pairs", "heldout_pairs")
 
 
@@ -140,8 +141,11 @@ class Theme:
 
 
 def theme_name() -> str:
-    """The theme this run uses: `LABKIT_THEME`, else the default."""
-    return os.environ.get("LABKIT_THEME", "").strip() or DEFAULT_THEME
+    """The theme this run uses: `LABKIT_THEME`, else the class's theme a student package
+    names (THEMES_DIR/DEFAULT), else the default."""
+    named = THEMES_DIR / DEFAULT_FILE
+    package_default = named.read_text(encoding="utf-8").strip() if named.is_file() else ""
+    return os.environ.get("LABKIT_THEME", "").strip() or package_default or DEFAULT_THEME
 
 
 def available() -> list[str]:
@@ -179,7 +183,7 @@ def load_theme(name: str | os.PathLike | None = None, tokenizer=None,
     held, judge = data["held_prompts"], data.get("judge")
     return Theme(name=path.stem, title=data["title"].strip(), preference=data["preference"].strip(),
                  theme_prompts=tuple(held["theme"]), far_prompts=tuple(held["far"]),
-                 example_pairs=tuple(_pair(r) for r in data["example_pairs"]),
+                 example_pairs=tuple(_pair(r) for r in data.get("example_pairs", ())),
                  heldout_pairs=tuple(_pair(r) for r in data["heldout_pairs"]),
                  judge=None if judge is None else Judge(
                      judge["function"], judge["preferred"], judge.get("rejected"),
@@ -196,8 +200,9 @@ def find_theme_problems(data: dict, tokenizer=None, max_length=None) -> list[The
     """Every problem in a parsed theme file, in file order."""
     problems = [ThemeProblem(None, None, key, "unknown key" + _hint(key, KEYS) + "; a theme has "
                              + ", ".join(sorted(KEYS))) for key in data if key not in KEYS]
+    student = data.get(STUDENT_KEY) is True  # no example pairs, by design
     problems += [ThemeProblem(None, None, key, "missing: " + _WHAT[key]) for key in REQUIRED
-                 if key not in data]
+                 if key not in data and not (student and key == "example_pairs")]
     for key in ("title", "preference", "prompt_format"):
         if key in data and not (isinstance(data[key], str) and data[key].strip()):
             problems.append(ThemeProblem(None, None, key, "must be a non-empty string"))
