@@ -90,6 +90,9 @@ def _grade(path: Path, opts: Options, box: Sandbox, out: Path, start: float, run
             for result in results:
                 if result.step == run.step and run.status != "ok":
                     result.hints.insert(0, f"{run.notebook}: {run.status}: {run.message}")
+        for result in (r for r in results if r.step in notebooks):  # the file they submitted
+            name = Path(notebooks[result.step]).name
+            result.hints = [h.replace(NOTEBOOKS[result.step], name) for h in result.hints]
         _hide_paths(box, results, notes, runs)
     finally:
         if not opts.keep_work:

@@ -177,9 +177,13 @@ def check_step2(run_dir=None) -> CheckResult:
     problems = []
 
     def valid_item():
+        from .own_pairs import copied_note
+
         problems.extend(find_problems(rows, lines=lines))
-        return scored(2, "pairs_valid", not problems,
-                      _problem_text(problems) if problems else f"{len(rows)} valid pairs")
+        enough, copied = copied_note(rows)
+        text = _problem_text(problems) if problems else f"{len(rows)} valid pairs"
+        return scored(2, "pairs_valid", not problems and enough,
+                      text + (f"; {copied}" if copied else ""))
     valid = guarded(2, "pairs_valid", valid_item)
     return step_result(2, [saved, valid, guarded(2, "no_heldout_leak", _leak_item, run, rows,
                                                  lines, meta, problems)])
@@ -327,7 +331,8 @@ CHECKS = {1: check_step1, 2: check_step2, 3: check_step3, 4: check_step4}
 
 def check(step: int, run_dir=None) -> CheckResult:
     """Run step `step`'s check on the run directory and show it (HTML in Jupyter, text
-    elsewhere). Returns the CheckResult."""
+    elsewhere). Returns the CheckResult. In a notebook, step 3 also grades exercises 3.1
+    and 3.3 from this kernel's functions, as the auto-grader does."""
     if step not in CHECKS:
         raise ValueError(f"grading.check takes a step number 1-4, not {step!r}")
     result = CHECKS[step](run_dir)
@@ -337,6 +342,10 @@ def check(step: int, run_dir=None) -> CheckResult:
         shell = get_ipython()
     except ImportError:
         shell = None
+    if shell is not None:  # exercises 3.1/3.3 from this kernel, as the auto-grader grades them
+        from .notebook_exercises import with_exercises
+
+        result = with_exercises(result, shell.user_ns)
     if shell is None:
         print(result)
     else:

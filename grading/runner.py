@@ -44,12 +44,14 @@ def key_figure(step: int, run_dir: Path) -> str:
             data = Step3Training.load(run_dir)
             losses = [e["loss"] for e in data.log_history if "loss" in e]
             return f"{data.health['verdict']}, loss {losses[0]:.3f} -> {losses[-1]:.3f}"
-        m = Step4Report.load(run_dir).metrics
+        report = Step4Report.load(run_dir)
+        m, outcome = report.metrics, report.outcome
         text = f"{m['changed_outputs']}/{m['held_prompts']} held outputs changed"
-        if m.get("style_rate_before") is not None:
-            judge = load_theme().judge
-            text += (f", {judge.preferred if judge else 'preferred'} style "
-                     f"{m['style_rate_before']:.2f} -> {m['style_rate_after']:.2f}")
+        if outcome:
+            d = outcome["difference"]
+            text += (f", {outcome['judge']} {outcome['before']['value']:.2f} -> "
+                     f"{outcome['after']['value']:.2f} (change [{d['low']:+.2f}, "
+                     f"{d['high']:+.2f}]: {outcome['verdict']})")
         return text
     except (artifacts.ArtifactError, KeyError, IndexError, TypeError) as exc:
         return f"(no artifact: {exc})"[:80]

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from ..data import MIN_PAIRS, find_problems
+from ..judges import Agreement, Judge, parse_judge
 
 try:
     import tomllib
@@ -24,9 +24,8 @@ except ModuleNotFoundError:  # Python 3.10 (pyproject allows it): tomli has the 
 
 THEMES_DIR = Path(__file__).parent
 DEFAULT_THEME = "plain"
-MIN_THEME_PROMPTS, MIN_FAR_PROMPTS, MIN_HELDOUT_PAIRS = 4, 1, 4
-# judge name -> (module, function): a text -> label function in labkit
-JUDGES = {"judge_style": ("labkit.teaching", "judge_style")}
+# 16 held-out pairs: one pair then moves the accuracy by 1/16, and its interval means something
+MIN_THEME_PROMPTS, MIN_FAR_PROMPTS, MIN_HELDOUT_PAIRS = 4, 1, 16
 KEYS = {"title", "preference", "prompt_format", "held_prompts", "judge", "example_pairs",
         "heldout_pairs"}
 REQUIRED = ("title", "preference", "held_prompts", "example_pairs", "heldout_pairs")
@@ -60,33 +59,6 @@ class ThemeError(ValueError):
 
 
 @dataclass(frozen=True)
-class Judge:
-    """A labkit text -> label function, and which label the theme prefers."""
-
-    function: str
-    preferred: str
-    rejected: str | None
-    prompts: tuple[str, ...]    # sampled before/after for the preferred-style rate
-
-    def __call__(self, text: str) -> str:
-        import importlib
-
-        module, name = JUDGES[self.function]
-        return getattr(importlib.import_module(module), name)(text)
-
-    def rate(self, texts) -> float:
-        """Share of `texts` the judge reads as the preferred label."""
-        texts = list(texts)
-        if not texts:
-            raise ValueError("a style rate needs at least one text")
-        return sum(self(t) == self.preferred for t in texts) / len(texts)
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys([self.preferred, self.rejected or "other", "unclear"]))
-
-
-@dataclass(frozen=True)
 class Theme:
     name: str
     title: str
@@ -98,6 +70,7 @@ class Theme:
     judge: Judge | None = None
     prompt_format: str = ""
     path: Path | None = None
+    judge_agreements: tuple[Agreement, ...] = ()   # each judge function on the theme's pairs
 
     @property
     def held_prompts(self) -> list[str]:
@@ -119,16 +92,21 @@ class Theme:
         return list(dict.fromkeys([*self.held_prompts, *self.heldout_prompts, *judged]))
 
     def judge_checks(self) -> dict:
-        """`judge`/`preferred` for labkit.data's swapped-pair check ({} without a judge)."""
-        return dict(judge=self.judge, preferred=self.judge.preferred) if self.judge else {}
+        """`judge`/`preferred` for labkit.data's swapped-pair check ({} without a label
+        judge)."""
+        return self.judge.swapped_checks() if self.judge else {}
+
+    def judge_for(self, is_teaching: bool) -> Judge | None:
+        """The judge that reads this model's text (None: the theme has no judge)."""
+        return self.judge.for_model(is_teaching) if self.judge else None
 
     def __str__(self) -> str:
-        judged = (f"judge {self.judge.function} (prefers {self.judge.preferred!r})"
-                  if self.judge else "no judge (no style rate)")
+        judged = ("judge: " + "; ".join(map(str, self.judge_agreements)) + " (a judge needs "
+                  "90 %)" if self.judge else "no judge: step 4's outcome is not measured")
         return (f"theme {self.name!r}: {self.title}\n  preference: {self.preference}\n"
                 f"  {len(self.theme_prompts)} theme + {len(self.far_prompts)} far held prompts, "
                 f"{len(self.example_pairs)} example pairs, {len(self.heldout_pairs)} held-out "
-                f"pairs, {judged}")
+                f"pairs\n  {judged}")
 
 
 def theme_name() -> str:
@@ -168,15 +146,16 @@ def load_theme(name: str | os.PathLike | None = None, tokenizer=None,
     problems = find_theme_problems(data, tokenizer=tokenizer, max_length=max_length)
     if problems:
         raise ThemeError(str(path), problems)
-    held, judge = data["held_prompts"], data.get("judge")
+    held, judge = data["held_prompts"], parse_judge(data["judge"])[0] if "judge" in data else None
+    if judge is not None and not judge.prompts:
+        judge = replace(judge, prompts=tuple(held["theme"]))
+    pairs = {t: [_pair(r) for r in data[t]] for t in ("example_pairs", "heldout_pairs")}
     return Theme(name=path.stem, title=data["title"].strip(), preference=data["preference"].strip(),
                  theme_prompts=tuple(held["theme"]), far_prompts=tuple(held["far"]),
-                 example_pairs=tuple(_pair(r) for r in data["example_pairs"]),
-                 heldout_pairs=tuple(_pair(r) for r in data["heldout_pairs"]),
-                 judge=None if judge is None else Judge(
-                     judge["function"], judge["preferred"], judge.get("rejected"),
-                     tuple(judge.get("prompts") or held["theme"])),
-                 prompt_format=data.get("prompt_format", ""), path=path)
+                 example_pairs=tuple(pairs["example_pairs"]),
+                 heldout_pairs=tuple(pairs["heldout_pairs"]),
+                 judge=judge, prompt_format=data.get("prompt_format", ""), path=path,
+                 judge_agreements=tuple(judge.agreements(pairs)) if judge else ())
 
 
 def _pair(row: dict) -> dict:
@@ -208,6 +187,10 @@ def find_theme_problems(data: dict, tokenizer=None, max_length=None) -> list[The
         never += [r.get("prompt") for r in heldout_rows or [] if isinstance(r, dict)]
         problems += _pair_problems("example_pairs", example_rows, MIN_PAIRS, judge,
                                    tokenizer, max_length, never)
+    if judge is not None and not any(p.table in ("example_pairs", "heldout_pairs")
+                                     for p in problems):
+        problems += _agreement_problems(judge, {"example_pairs": example_rows,
+                                                "heldout_pairs": heldout_rows})
     return problems
 
 
@@ -255,31 +238,30 @@ def _prompt_problems(table, key, prompts) -> list[ThemeProblem]:
     return problems
 
 
-def _judge(judge) -> tuple[Judge | None, list[ThemeProblem]]:
-    if judge is None:
+def _judge(table) -> tuple[Judge | None, list[ThemeProblem]]:
+    if table is None:
         return None, []
-    if not isinstance(judge, dict):
-        return None, [ThemeProblem("judge", None, None, "must be a table: [judge] with "
-                                   "function and preferred (or leave it out: no style rate)")]
-    allowed = {"function", "preferred", "rejected", "prompts"}
-    problems = [ThemeProblem("judge", None, k, "unknown key" + _hint(k, allowed))
-                for k in judge if k not in allowed]
-    if judge.get("function") not in JUDGES:
-        problems.append(ThemeProblem("judge", None, "function", f"{judge.get('function')!r} is "
-                                     f"not a labkit judge; known: {', '.join(JUDGES)}"))
-    for key in ("preferred", "rejected"):
-        value = judge.get(key)
-        if (key == "preferred" or value is not None) and not (isinstance(value, str) and value):
-            problems.append(ThemeProblem("judge", None, key, "must be the judge's label (a "
-                                         "non-empty string)"))
-    prompts = judge.get("prompts")
-    if prompts is not None:
-        problems += (_prompt_problems("judge", "prompts", prompts) if isinstance(prompts, list)
-                     and prompts else [ThemeProblem("judge", None, "prompts", "must be a "
-                                                    "non-empty list of prompts")])
-    if problems:
-        return None, problems
-    return Judge(judge["function"], judge["preferred"], judge.get("rejected"), ()), []
+    judge, found = parse_judge(table)
+    problems = [ThemeProblem("judge", None, field, message) for field, message in found]
+    if isinstance(table, dict) and isinstance(table.get("prompts"), list):
+        problems += _prompt_problems("judge", "prompts", table["prompts"])
+    return (None if problems else judge), problems
+
+
+def _agreement_problems(judge: Judge, tables: dict) -> list[ThemeProblem]:
+    """A judge must prefer chosen on MIN_AGREEMENT of the theme's pairs: else it is
+    refused, naming the pairs it disagrees on."""
+    problems = []
+    for agreement in judge.agreements(tables):
+        if agreement.valid:
+            continue
+        rows = "; ".join(f"{t} rows " + ", ".join(str(r) for tt, r in agreement.disagree if tt == t)
+                         for t in tables if any(tt == t for tt, _ in agreement.disagree))
+        field = "function" if agreement.function == judge.function else "teaching"
+        problems.append(ThemeProblem("judge", None, field, f"{agreement}, below the 90 % a "
+                                     f"judge needs; it does not prefer chosen on {rows}. Pick a "
+                                     "judge that reads the preference, or fix those pairs"))
+    return problems
 
 
 def _rows(data, table, problems) -> list | None:
@@ -290,29 +272,19 @@ def _rows(data, table, problems) -> list | None:
     return rows if isinstance(rows, list) else None
 
 
-def _pair_problems(table, rows, least, judge: Callable | None, tokenizer, max_length,
+def _pair_problems(table, rows, least, judge: Judge | None, tokenizer, max_length,
                    never) -> list[ThemeProblem]:
-    """labkit.data's row checks (fields, duplicates, leaks, lengths, swapped), then the
-    judge's reading of each row, all as theme problems."""
+    """labkit.data's row checks (fields, duplicates, leaks, lengths, swapped) as theme
+    problems."""
     found = find_problems(rows, heldout_prompts=[p for p in never if isinstance(p, str)],
                           tokenizer=tokenizer, max_length=max_length, min_pairs=least,
-                          **(dict(judge=judge, preferred=judge.preferred) if judge else {}))
+                          **(judge.swapped_checks() if judge else {}))
     problems = [ThemeProblem(table, p.row, p.field, p.message.replace(
         "held-out evaluation prompts", "theme's held or held-out evaluation prompts")
         if table == "example_pairs" else p.message) for p in found]
     bad_rows = {p.row for p in found}
     for i, row in enumerate(rows, start=1):
-        if i in bad_rows or not isinstance(row, dict):
-            continue
-        if not row["prompt"].endswith("\n"):
+        if i not in bad_rows and isinstance(row, dict) and not row["prompt"].endswith("\n"):
             problems.append(ThemeProblem(table, i, "prompt", "must end with a newline ('\\n'): "
                                          "its tokens are then a prefix of prompt + answer"))
-        if judge is not None and judge(row["chosen"]) != judge.preferred:
-            problems.append(ThemeProblem(table, i, "chosen", f"the judge {judge.function} reads "
-                                         f"it as {judge(row['chosen'])!r}, not "
-                                         f"{judge.preferred!r}: rewrite it in the preferred style"))
-        if judge is not None and judge(row["rejected"]) == judge.preferred:
-            problems.append(ThemeProblem(table, i, "rejected", f"the judge {judge.function} reads "
-                                         f"it as {judge.preferred!r}: the rejected answer must "
-                                         "not read as the preferred one"))
     return problems
