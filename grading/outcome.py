@@ -19,9 +19,6 @@ from labkit.steps import Step2Meta
 from .results import CheckItem, scored
 
 NAME = "moved_toward_preference"
-# The lab's reference run on the teaching model moves neutral perplexity 4.72 -> 4.88 (x1.03);
-# twice the perplexity costs a whole extra bit per token: "far beyond" the reference.
-WORSE_PERPLEXITY_RATIO = 2.0
 
 
 def judge_for(step1):
@@ -112,7 +109,12 @@ def _why_no_change(run, step1) -> str:
 
 def worse_item(rec) -> CheckItem:
     """Did the run make the model worse? Held-out accuracy below chance beyond its interval,
-    or neutral perplexity up by more than WORSE_PERPLEXITY_RATIO."""
+    or neutral perplexity up by more than the class theme's `max_perplexity_ratio` (x2 by
+    default: the plain theme's reference run costs x1.03, and twice the perplexity is a
+    whole extra bit per token)."""
+    from labkit.themes import load_theme
+
+    bound = load_theme().max_perplexity_ratio
     metrics = rec.metrics if isinstance(rec.metrics, dict) else {}
     worse, fine = [], []
     held = rec.heldout_accuracy if isinstance(getattr(rec, "heldout_accuracy", None), dict) else {}
@@ -123,9 +125,9 @@ def worse_item(rec) -> CheckItem:
     ppl = metrics.get("perplexity_before"), metrics.get("perplexity_after")
     if all(_number(p) and p > 0 for p in ppl):
         ratio = ppl[1] / ppl[0]
-        (worse if ratio > WORSE_PERPLEXITY_RATIO else fine).append(
+        (worse if ratio > bound else fine).append(
             f"neutral perplexity {ppl[0]:.2f} -> {ppl[1]:.2f} (x{ratio:.2f}; worse beyond "
-            f"x{WORSE_PERPLEXITY_RATIO:g})")
+            f"x{bound:g}, the theme's bound)")
     if worse:
         return scored(4, "not_worse", False, "WORSE: this run made the model worse: "
                       + "; ".join(worse) + ". Lower the learning rate or epochs, or check the "

@@ -85,8 +85,8 @@ RUBRIC: tuple[Item, ...] = (
          "lies entirely above 0. No detectable change or the wrong way (pairs swapped) scores "
          "0 with the reason; a theme without a judge is 'not measured' (0)"),
     Item(4, "not_worse", 1, "the run did not make the model worse: held-out accuracy's Wilson "
-         "interval does not lie below 0.5, and neutral perplexity did not grow more than "
-         "grading.outcome.WORSE_PERPLEXITY_RATIO times (else an explicit WORSE line)"),
+         "interval does not lie below 0.5, and neutral perplexity did not grow more than the "
+         "theme's max_perplexity_ratio (x2 unless the theme says; else an explicit WORSE line)"),
     Item(4, "outputs_reproduce", 7, "the saved policy produces the reported outputs_after with "
          "the step-1 GenerationSpec (teacher-forced, as baseline_reproduces)", integrity=True),
 )

@@ -26,7 +26,11 @@ THEMES_DIR = Path(__file__).parent
 DEFAULT_THEME = "plain"
 # 16 held-out pairs: one pair then moves the accuracy by 1/16, and its interval means something
 MIN_THEME_PROMPTS, MIN_FAR_PROMPTS, MIN_HELDOUT_PAIRS = 4, 1, 16
-KEYS = {"title", "preference", "prompt_format", "held_prompts", "judge", "example_pairs",
+# how far neutral perplexity may grow before step 4 calls a run worse, unless the theme says
+# (a theme whose preference is costly by design, like `concise`, names its own)
+MAX_PERPLEXITY_RATIO = 2.0
+KEYS = {"title", "preference", "prompt_format", "max_perplexity_ratio", "held_prompts", "judge",
+        "example_pairs",
         "heldout_pairs"}
 REQUIRED = ("title", "preference", "held_prompts", "example_pairs", "heldout_pairs")
 
@@ -71,6 +75,7 @@ class Theme:
     prompt_format: str = ""
     path: Path | None = None
     judge_agreements: tuple[Agreement, ...] = ()   # each judge function on the theme's pairs
+    max_perplexity_ratio: float = MAX_PERPLEXITY_RATIO
 
     @property
     def held_prompts(self) -> list[str]:
@@ -147,15 +152,16 @@ def load_theme(name: str | os.PathLike | None = None, tokenizer=None,
     if problems:
         raise ThemeError(str(path), problems)
     held, judge = data["held_prompts"], parse_judge(data["judge"])[0] if "judge" in data else None
-    if judge is not None and not judge.prompts:
-        judge = replace(judge, prompts=tuple(held["theme"]))
+    judge = judge and replace(judge, prompts=judge.prompts or tuple(held["theme"]))
     pairs = {t: [_pair(r) for r in data[t]] for t in ("example_pairs", "heldout_pairs")}
     return Theme(name=path.stem, title=data["title"].strip(), preference=data["preference"].strip(),
                  theme_prompts=tuple(held["theme"]), far_prompts=tuple(held["far"]),
                  example_pairs=tuple(pairs["example_pairs"]),
                  heldout_pairs=tuple(pairs["heldout_pairs"]),
                  judge=judge, prompt_format=data.get("prompt_format", ""), path=path,
-                 judge_agreements=tuple(judge.agreements(pairs)) if judge else ())
+                 judge_agreements=tuple(judge.agreements(pairs)) if judge else (),
+                 max_perplexity_ratio=float(data.get("max_perplexity_ratio",
+                                                     MAX_PERPLEXITY_RATIO)))
 
 
 def _pair(row: dict) -> dict:
@@ -172,6 +178,10 @@ def find_theme_problems(data: dict, tokenizer=None, max_length=None) -> list[The
     for key in ("title", "preference", "prompt_format"):
         if key in data and not (isinstance(data[key], str) and data[key].strip()):
             problems.append(ThemeProblem(None, None, key, "must be a non-empty string"))
+    ratio = data.get("max_perplexity_ratio", MAX_PERPLEXITY_RATIO)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 1:
+        problems.append(ThemeProblem(None, None, "max_perplexity_ratio", "must be a number "
+                                     "above 1 (how many times neutral perplexity may grow)"))
     held = data.get("held_prompts")
     problems += _held_problems(held) if held is not None else []
     held_ok = isinstance(held, dict) and not any(p.table == "held_prompts" for p in problems)
@@ -187,8 +197,8 @@ def find_theme_problems(data: dict, tokenizer=None, max_length=None) -> list[The
         never += [r.get("prompt") for r in heldout_rows or [] if isinstance(r, dict)]
         problems += _pair_problems("example_pairs", example_rows, MIN_PAIRS, judge,
                                    tokenizer, max_length, never)
-    if judge is not None and not any(p.table in ("example_pairs", "heldout_pairs")
-                                     for p in problems):
+    if judge is not None and example_rows is not None and heldout_rows is not None and not any(
+            p.table in ("example_pairs", "heldout_pairs") for p in problems):
         problems += _agreement_problems(judge, {"example_pairs": example_rows,
                                                 "heldout_pairs": heldout_rows})
     return problems
