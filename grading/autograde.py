@@ -156,6 +156,9 @@ def grade(work: Plan, graded_run: Path, box: Sandbox, opts: Options, runs: list)
         for result in results:
             if result.step == run.step and run.status != "ok":
                 result.hints.insert(0, f"{run.notebook}: {run.status}: {run.message}")
+    for result in (r for r in results if r.step in work.notebooks):  # the file they sent
+        name = Path(work.notebooks[result.step]).name
+        result.hints = [h.replace(NOTEBOOKS[result.step], name) for h in result.hints]
     return results
 
 

@@ -34,7 +34,7 @@ def notebook_paths(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
     return paths
 
 
-def key_figure(step: int, run_dir: Path, theme=None) -> str:
+def key_figure(step: int, run_dir: Path) -> str:
     """One number per step that tells a reader whether it worked."""
     try:
         if step == 1:
@@ -46,12 +46,14 @@ def key_figure(step: int, run_dir: Path, theme=None) -> str:
             data = Step3Training.load(run_dir)
             losses = [e["loss"] for e in data.log_history if "loss" in e]
             return f"{data.health['verdict']}, loss {losses[0]:.3f} -> {losses[-1]:.3f}"
-        m = Step4Report.load(run_dir).metrics
+        report = Step4Report.load(run_dir)
+        m, outcome = report.metrics, report.outcome
         text = f"{m['changed_outputs']}/{m['held_prompts']} held outputs changed"
-        if m.get("style_rate_before") is not None:
-            judge = (theme or load_theme()).judge
-            text += (f", {judge.preferred if judge else 'preferred'} style "
-                     f"{m['style_rate_before']:.2f} -> {m['style_rate_after']:.2f}")
+        if outcome:
+            d = outcome["difference"]
+            text += (f", {outcome['judge']} {outcome['before']['value']:.2f} -> "
+                     f"{outcome['after']['value']:.2f} (change [{d['low']:+.2f}, "
+                     f"{d['high']:+.2f}]: {outcome['verdict']})")
         return text
     except (artifacts.ArtifactError, KeyError, IndexError, TypeError) as exc:
         return f"(no artifact: {exc})"[:80]
@@ -88,7 +90,7 @@ def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
             steps.append({"step": step, "notebook": path.name, "passed": bool(result.passed),
                           "score": result.score, "max_score": result.max_score,
                           "seconds": round(seconds, 1), "error": error,
-                          "key_figure": key_figure(step, run_dir, theme_used)})
+                          "key_figure": key_figure(step, run_dir)})
             print(f"      {'PASS' if result.passed else 'FAIL'} {result.score}/"
                   f"{result.max_score} in {seconds:.1f} s - {steps[-1]['key_figure']}"
                   + (f"\n      error: {error}" if error else ""), flush=True)

@@ -31,6 +31,12 @@ def known_words() -> frozenset[str]:
                      for w in _WORD.findall(doc["prompt"] + " " + doc["response"]))
 
 
+def unknown_words(*texts: str, vocab: frozenset[str] | None = None) -> list[str]:
+    """The words of `texts` that the teaching model's corpus never uses (sorted)."""
+    vocab = known_words() if vocab is None else vocab
+    return sorted({w for t in texts for w in _WORD.findall(t) if w.lower() not in vocab})
+
+
 @dataclass
 class PairReview:
     rows: list[dict]
@@ -43,12 +49,14 @@ class PairReview:
         return not self.problems
 
     def __str__(self) -> str:
-        head = f"{'row':>3} {'chosen nats/tok':>15} {'rejected nats/tok':>17} {'tokens':>7} " \
-               f"{'styles (judge)':>17}  unknown words"
+        limit = f"/{self.n_positions}" if self.n_positions else ""
+        head = f"{'row':>3} {'chosen nats/tok':>15} {'rejected nats/tok':>17} " \
+               f"{'tokens' + limit:>11} {'styles (judge)':>17}  unknown words"
         lines = [head, "-" * len(head)]
         for r in self.rows:
             lines.append(f"{r['row']:>3} {r['chosen_nats_per_token']:>15.2f} "
-                         f"{r['rejected_nats_per_token']:>17.2f} {r['tokens']:>7} "
+                         f"{r['rejected_nats_per_token']:>17.2f} "
+                         f"{str(r['tokens']) + limit:>11} "
                          f"{r['chosen_style'] + '/' + r['rejected_style']:>17}  "
                          f"{', '.join(r['unknown'][:6])}")
         lines.append("")
@@ -68,7 +76,7 @@ def review_pairs(model, tokenizer, pairs, is_teaching: bool = True,
         from .themes import load_theme
 
         judge = load_theme("plain").judge
-    label = judge if judge is not None else (lambda text: "-")
+    label = judge if judge is not None and judge.label_function else (lambda text: "-")
 
     pairs = list(pairs)
     prompts = [p["prompt"] for p in pairs]
@@ -90,8 +98,8 @@ def review_pairs(model, tokenizer, pairs, is_teaching: bool = True,
         per_side[side] = values
     vocab = known_words() if is_teaching else frozenset()
     for i, pair in enumerate(pairs):
-        unknown = sorted({w for s in ("chosen", "rejected") for w in _WORD.findall(pair[s])
-                          if is_teaching and w.lower() not in vocab})
+        unknown = unknown_words(pair["chosen"], pair["rejected"], vocab=vocab) \
+            if is_teaching else []
         rows.append({"row": i, "chosen_nats_per_token": float(per_side["chosen"][i]),
                      "rejected_nats_per_token": float(per_side["rejected"][i]),
                      "tokens": fits[i], "unknown": unknown,
@@ -116,7 +124,7 @@ def _problems(rows, n_positions, is_teaching, judge=None) -> list[str]:
                         "writes. Reuse its words (the unknown words are listed; see "
                         "`show_text`), pick from its own answers (`candidates`), or run the "
                         "lab on GPT-2, which knows English.")
-    if is_teaching and judge is not None:
+    if is_teaching and judge is not None and judge.label_function:  # a style judge
         want = (judge.preferred, judge.rejected)
         styled = [r["row"] for r in rows if r["chosen_style"] != want[0] or
                   (want[1] and r["rejected_style"] != want[1])]

@@ -238,20 +238,30 @@ class Step4Report(StepRecord):
     outputs_after: list
     changed: list                    # one bool per prompt (Exercise 4.1)
     policy_sha256: str
-    metrics: dict                    # METRIC_KEYS; style rates may be null off the teaching model
+    # METRIC_KEYS; style_rate_* hold the judge's mean score (null for a theme without a judge)
+    metrics: dict
     outputs_after_ids: Optional[list] = None  # the ids of outputs_after (as Step1's output_ids)
+    outcome: Optional[dict] = None   # labkit.outcome.Outcome.to_dict(): the measured shift
+    heldout_accuracy: Optional[dict] = None   # labkit.stats.Estimate.to_dict() (n, interval)
 
     @classmethod
     def build(cls, spec, prompts, before, after, changed, policy_sha256, *,
-              heldout_preference_accuracy, kl_mean, perplexity, style_rate,
-              after_ids=None) -> "Step4Report":
-        """The report, with `perplexity` and `style_rate` as (before, after) pairs and
-        `after_ids` the token ids of `after` (generate(..., return_ids=True))."""
+              heldout_preference_accuracy, kl_mean, perplexity, style_rate=(None, None),
+              after_ids=None, outcome=None, heldout_accuracy=None) -> "Step4Report":
+        """The report, with `perplexity` and `style_rate` as (before, after) pairs,
+        `after_ids` the token ids of `after` (generate(..., return_ids=True)), `outcome` a
+        labkit.outcome.Outcome (its means fill style_rate) and `heldout_accuracy` an
+        Estimate of the held-out accuracy."""
+        if outcome is not None:
+            style_rate = (outcome.before.value, outcome.after.value)
         values = (sum(changed), len(prompts), heldout_preference_accuracy, kl_mean,
                   *perplexity, *style_rate)
         return cls(generation_spec=_as_dict(spec), prompts=prompts, outputs_before=before,
                    outputs_after=after, changed=changed, policy_sha256=policy_sha256,
-                   metrics=dict(zip(METRIC_KEYS, values)), outputs_after_ids=after_ids)
+                   metrics=dict(zip(METRIC_KEYS, values)), outputs_after_ids=after_ids,
+                   outcome=_as_dict(outcome) if outcome is not None else None,
+                   heldout_accuracy=_as_dict(heldout_accuracy)
+                   if heldout_accuracy is not None else None)
 
 
 def _as_dict(value) -> dict:

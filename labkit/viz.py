@@ -131,6 +131,26 @@ def plot_style_rates(before, after, judge=None,
     return fig
 
 
+def plot_outcome(outcome) -> Figure:
+    """The judge's mean score before and after with 95 % intervals (left), and the change
+    with its interval against 0 (right): the change is real only where its bar clears 0."""
+    o = outcome.to_dict() if hasattr(outcome, "to_dict") else outcome
+    fig, (left, right) = _figure(2, width=4.2)
+    for ax, keys in ((left, ("before", "after")), (right, ("difference",))):
+        values = [o[k]["value"] for k in keys]
+        errors = [[v - o[k]["low"] for v, k in zip(values, keys)],
+                  [o[k]["high"] - v for v, k in zip(values, keys)]]
+        ax.errorbar(range(len(keys)), values, yerr=errors, fmt="o", capsize=8)
+        ax.set_xticks(range(len(keys)), ["after - before" if k == "difference" else k
+                                          for k in keys])
+        ax.set_xlim(-0.6, len(keys) - 0.4)
+    right.axhline(0, color="grey", linestyle="--", linewidth=1)
+    left.set(title=f"judge {o['judge']}: mean of {o['k']} samples x {len(o['prompts'])} prompts",
+             ylabel=o["unit"])
+    right.set(title=o["verdict"], ylabel="change (95 % interval)")
+    return fig
+
+
 def plot_perplexity(before: float, after: float, label: str = "neutral text") -> Figure:
     """Two bars: perplexity on text unrelated to the preference, before and after. A big
     rise is the alignment tax: DPO moved more of the model than the preference needed."""

@@ -232,7 +232,7 @@ def test_untouched_student_release_gets_zero_and_not_done_everywhere(executed):
         assert f"## Step {step} - " in feedback
     assert feedback.count(": not done yet (0/25)") == 4
     assert "Exercise 1.1 is not done yet" in feedback  # the notebook's own message, as a hint
-    assert "Open notebooks/03_train_dpo.ipynb" in feedback
+    assert "Open 03_train_dpo.ipynb" in feedback  # the submitted file, not a repo path
     assert "NotImplementedError" in items_of(res, 3)["student_loss"]["output"]
 
 

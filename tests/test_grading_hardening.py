@@ -94,7 +94,7 @@ BAD_FIELDS = {  # file, edit, {step: the items that must fail (all others pass)}
                             {1: {"held_prompts", "outputs", "baseline_reproduces"},
                              4: {"same_prompts_spec", "outputs_reproduce"}}),
     "metrics is a list": (A.STEP4_REPORT, lambda r: r.update(
-        metrics=json.loads("[1]")), {4: {"metrics", "moved_toward_preference"}}),
+        metrics=json.loads("[1]")), {4: {"metrics", "not_worse"}}),
 }
 
 
@@ -157,27 +157,59 @@ def test_a_pair_on_a_held_out_concept_fails_the_leak_check(run):
     assert not leak.passed and "row 3 (line 3), field 'prompt': uses 'a mutex'" in leak.message
 
 
+def item4(run, name):
+    return next(i for i in checks.check_step4(run).items if i.name == name)
+
+
+def shift(run, by: float) -> None:
+    """Make the recorded outcome's scores after = before + `by` (the verdict left as is)."""
+    edit_json(run / A.STEP4_REPORT, lambda r: r["outcome"].update(
+        scores_after=[b + by for b in r["outcome"]["scores_before"]]))
+
+
 @pytest.mark.slow
 def test_the_style_moved_toward_the_preference_on_the_real_run(run):
-    moved = next(i for i in checks.check_step4(run).items if i.name == "moved_toward_preference")
-    assert moved.passed and "moved toward the stated preference ('plain')" in moved.message
+    moved, worse = item4(run, "moved_toward_preference"), item4(run, "not_worse")
+    assert moved.passed and "moved toward the preference (the interval excludes 0)" in moved.message
+    assert worse.passed and "held-out accuracy" in worse.message
 
 
 @pytest.mark.slow
 def test_swapped_pairs_are_flagged_and_a_style_moving_away_fails(run):
     rewrite_pairs(run, lambda rows: [r.update(chosen=r["rejected"], rejected=r["chosen"])
                                      for r in rows])
-    edit_json(run / A.STEP4_REPORT, lambda r: r["metrics"].update(
-        style_rate_before=0.5, style_rate_after=0.1))
-    moved = next(i for i in checks.check_step4(run).items if i.name == "moved_toward_preference")
-    assert not moved.passed and "did not move toward" in moved.message
-    assert "chosen and rejected look swapped" in moved.message
+    shift(run, -0.3)
+    moved = item4(run, "moved_toward_preference")
+    assert not moved.passed and "moved the wrong way" in moved.message
+    assert "Your pairs look swapped: the judge prefers rejected over chosen on 8 of 8" \
+        in moved.message
 
 
 @pytest.mark.slow
-def test_no_judge_means_not_applicable(run):
-    edit_json(run / A.STEP1_BASELINE, lambda r: r["model"].update(is_teaching=False))
+def test_no_detectable_change_scores_zero_and_says_why(run):
+    shift(run, 0.0)     # the recorded verdict still says "moved": the grader recomputes it
+    moved = item4(run, "moved_toward_preference")
+    assert not moved.passed and "no detectable change" in moved.message
+    assert "the interval contains 0" in moved.message and "in the model's words" in moved.message
+
+
+@pytest.mark.slow
+def test_a_theme_without_a_judge_is_not_measured(run, tmp_path, monkeypatch):
+    import re
+
+    from labkit.themes import load_theme
+
+    text = load_theme("plain").path.read_text(encoding="utf-8")
+    (tmp_path / "nojudge.toml").write_text(re.sub(r"\[judge\].*?\n\n", "", text, flags=re.S))
+    monkeypatch.setenv("LABKIT_THEME", str(tmp_path / "nojudge.toml"))
+    moved = item4(run, "moved_toward_preference")
+    assert not moved.passed and moved.message.startswith("not measured")
+
+
+@pytest.mark.slow
+def test_a_run_that_made_the_model_worse_is_told_so(run):
     edit_json(run / A.STEP4_REPORT, lambda r: r["metrics"].update(
-        style_rate_before=None, style_rate_after=None))
-    moved = next(i for i in checks.check_step4(run).items if i.name == "moved_toward_preference")
-    assert moved.passed and "not applicable" in moved.message
+        heldout_preference_accuracy=0.125, perplexity_after=r["metrics"]["perplexity_before"] * 6))
+    worse = item4(run, "not_worse")
+    assert not worse.passed and worse.message.startswith("WORSE: this run made the model worse")
+    assert "held-out accuracy 0.12 [0.03, 0.36] (n=16)" in worse.message and "x6.00" in worse.message

@@ -27,20 +27,26 @@ def test_shipped_themes_are_listed_and_plain_is_the_default(monkeypatch):
 def test_plain_theme_is_todays_lab():
     """The default theme keeps the figures measured before themes existed."""
     theme = load_theme("plain")
-    assert list(theme.heldout_pairs) == T.make_preference_pairs(8, seed=1,
-                                                                concepts=T.HELDOUT_CONCEPTS)
+    # the 8 held-out pairs of before, then 8 more from the same generator (16: a real interval)
+    assert list(theme.heldout_pairs) == [
+        *T.make_preference_pairs(8, seed=1, concepts=T.HELDOUT_CONCEPTS),
+        *T.make_preference_pairs(8, seed=2, concepts=T.HELDOUT_CONCEPTS)]
     assert theme.held_prompts == [*T.HELDOUT_PROMPTS[:6], T.NEUTRAL_PROMPTS[0]]
     assert theme.prompt_kinds == ["theme"] * 6 + ["far"]
     assert theme.judge.prompts == T.HELDOUT_PROMPTS and theme.judge.preferred == "plain"
-    assert theme.judge.rate(p["chosen"] for p in theme.example_pairs) == 1.0
-    assert theme.judge.rate(p["rejected"] for p in theme.example_pairs) == 0.0
+    style = theme.judge_for(is_teaching=True)     # the teaching model's marker judge
+    assert style.function == "judge_style" and theme.judge_for(False).function == "reading_ease"
+    assert style.rate(p["chosen"] for p in theme.example_pairs) == 1.0
+    assert style.rate(p["rejected"] for p in theme.example_pairs) == 0.0
 
 
 def test_concise_theme_is_a_real_second_theme():
     theme = load_theme("concise")
-    assert theme.judge is None and theme.judge_checks() == {}
+    # a judge on any model's text (the word count); no label judge for the swapped-row check
+    assert theme.judge.function == "word_count" and theme.judge_checks() == {}
+    assert theme.judge_for(True) == theme.judge_for(False)
     assert len(theme.example_pairs) >= 8 and len(theme.theme_prompts) >= 4
-    assert len(theme.far_prompts) >= 1 and len(theme.heldout_pairs) >= 4
+    assert len(theme.far_prompts) >= 1 and len(theme.heldout_pairs) >= 16
     # the preference is the length: every chosen is shorter than its rejected
     for pair in theme.example_pairs + theme.heldout_pairs:
         assert len(pair["chosen"].split()) * 3 < len(pair["rejected"].split())
@@ -120,7 +126,7 @@ def test_every_problem_names_its_table_row_and_field(tmp_path):
         "top level, field 'preferense': unknown key (did you mean 'preference'?)",
         "top level, field 'preference': missing",
         "[held_prompts], field 'far': needs a list of at least 1 prompt(s)",
-        "[heldout_pairs]: only 3 pair(s); at least 4",
+        "[heldout_pairs]: only 3 pair(s); at least 16",
         "[example_pairs], row 3, field 'chosen': missing",
         "[example_pairs], row 5, field 'rejected': is identical to 'chosen'",
         "[example_pairs], row 6, field 'prompt': must end with a newline",
@@ -142,12 +148,14 @@ def test_example_pairs_must_not_use_held_or_heldout_prompts(tmp_path):
 def test_the_judge_must_exist_and_read_the_pairs_as_the_theme_says(tmp_path):
     unknown = HEADER + '[judge]\nfunction = "judge_length"\npreferred = "short"\n'
     assert problems_of(write_theme(tmp_path, unknown)) == [
-        "[judge], field 'function': 'judge_length' is not a labkit judge; known: judge_style"]
-    # concise's pairs are half plain, half jargon: judge_style cannot read them as "plain"
+        "[judge], field 'function': 'judge_length' is not a labkit judge; known: judge_style, "
+        "reading_ease, word_count, sentence_count"]
+    # concise's pairs are plain-and-longer-plain or jargon-and-longer-jargon: judge_style
+    # reads chosen and rejected alike, so it never prefers chosen and is refused
     styled = HEADER + '[judge]\nfunction = "judge_style"\npreferred = "plain"\n'
     found = problems_of(write_theme(tmp_path, styled))
-    assert "[example_pairs], row 2, field 'chosen': the judge judge_style reads it as " \
-           "'jargon', not 'plain'" in "\n".join(found)
+    assert found[0].startswith("[judge], field 'function': judge_style prefers chosen on 0/26 "
+                               "pairs (0%), below the 90 % a judge needs"), found
 
 
 def test_syntax_errors_and_unknown_names_say_what_to_do(tmp_path, monkeypatch):
@@ -161,12 +169,12 @@ def test_syntax_errors_and_unknown_names_say_what_to_do(tmp_path, monkeypatch):
 
 
 def test_review_pairs_follows_the_themes_judge(teaching):
-    """Notebook 2's review: no style complaint for a theme without a judge; the plain
-    theme's judge flags concise's jargon rows."""
+    """Notebook 2's review: no style complaint for a theme without a style (label) judge;
+    the plain theme's judge flags concise's jargon rows."""
     from labkit.own_words import review_pairs
 
     model, tokenizer, _ = teaching
-    review = review_pairs(model, tokenizer, GOOD.example_pairs, judge=GOOD.judge)
+    review = review_pairs(model, tokenizer, GOOD.example_pairs, judge=GOOD.judge)  # word count
     assert review.ok, str(review)  # the teaching model's own sentences: familiar, and they fit
     assert {r["chosen_style"] for r in review.rows} == {"-"}
     styled = review_pairs(model, tokenizer, GOOD.example_pairs, judge=load_theme("plain").judge)
@@ -177,7 +185,7 @@ def test_review_pairs_follows_the_themes_judge(teaching):
 def _figures(report: dict) -> str:
     m = report["metrics"]
     style = ("no judge" if m["style_rate_before"] is None else
-             f"style rate {m['style_rate_before']:.2f} -> {m['style_rate_after']:.2f}")
+             f"judge mean {m['style_rate_before']:.2f} -> {m['style_rate_after']:.2f}")
     return (f"all checks pass: {report['passed']}, {m['changed_outputs']}/{m['held_prompts']} "
             f"held outputs changed, held-out accuracy {m['heldout_preference_accuracy']:.2f}, "
             f"{style}")
@@ -204,7 +212,9 @@ def test_lab_passes_all_four_checks_on_the_concise_theme(tmp_path, teaching_dir,
     meta = json.loads((tmp_path / "run" / "step2_meta.json").read_text())
     assert meta["theme"] == "concise" and meta["n_pairs"] == len(GOOD.example_pairs)
     m = report["metrics"]
-    assert m["style_rate_before"] is None and m["style_rate_after"] is None  # no judge
+    outcome = json.loads((tmp_path / "run" / "step4_report.json").read_text())["outcome"]
+    assert outcome["judge"] == "word_count"   # the theme's judge, on the teaching model too
+    assert m["style_rate_after"] > m["style_rate_before"]   # minus the word count: shorter
     assert m["changed_outputs"] >= 1
     assert m["heldout_preference_accuracy"] > 0.5  # the length preference generalises
     step4 = json.loads((tmp_path / "run" / "step4_report.json").read_text())

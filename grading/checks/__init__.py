@@ -20,7 +20,8 @@ __all__ = ["CHECKS", "CheckItem", "CheckResult", "check", "check_step1", "check_
 
 def check(step: int, run_dir=None) -> CheckResult:
     """Run step `step`'s check on the run directory and show it (HTML in Jupyter, text
-    elsewhere). Returns the CheckResult."""
+    elsewhere). Returns the CheckResult. In a notebook, step 3 also grades exercises 3.1
+    and 3.3 from this kernel's functions, as the auto-grader does."""
     if step not in CHECKS:
         raise ValueError(f"grading.check takes a step number 1-4, not {step!r}")
     result = CHECKS[step](run_dir)
@@ -30,6 +31,10 @@ def check(step: int, run_dir=None) -> CheckResult:
         shell = get_ipython()
     except ImportError:
         shell = None
+    if shell is not None:  # exercises 3.1/3.3 from this kernel, as the auto-grader grades them
+        from .notebook_exercises import with_exercises
+
+        result = with_exercises(result, shell.user_ns)
     if shell is None:
         print(result)
     else:

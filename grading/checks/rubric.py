@@ -4,7 +4,9 @@ Checks (grading.check) and the auto-grader look points and descriptions up here,
 rubric an instructor reads is exactly the one that is scored. Items marked `integrity` are
 recomputations only the auto-grader runs (they need the notebook file, the grader's own copy
 of the base model, or teacher-forced verification); `grading.check(N)` in a notebook lists them but does
-not score them. Each step is worth 25 points in the auto-grader, 100 in all.
+not score them, except exercises 3.1 and 3.3 (student_loss, student_logps), which it runs on
+the kernel's own functions with the auto-grader's test (grading.notebook_exercises). Each
+step is worth 25 points in the auto-grader, 100 in all.
 """
 from __future__ import annotations
 
@@ -37,8 +39,9 @@ RUBRIC: tuple[Item, ...] = (
     # Step 2: preference pairs
     Item(2, "pairs_saved", 5, "step2_preferences.jsonl and step2_meta.json exist and agree "
          "(pair count, sha256 of the JSONL)"),
-    Item(2, "pairs_valid", 10, "at least 8 valid pairs: every field a non-empty string, "
-         "chosen differs from rejected, no duplicates"),
+    Item(2, "pairs_valid", 10, "at least 8 valid pairs of your own: every field a non-empty "
+         "string, chosen differs from rejected, no duplicates; pairs copied from the theme's "
+         "example pairs (after normalising) are flagged and do not count"),
     Item(2, "no_heldout_leak", 10, "no pair uses one of the step-1 held prompts, nor a "
          "concept of step 4's held-out evaluation (the class theme's held-out pairs and "
          "judged prompts)"),
@@ -60,21 +63,30 @@ RUBRIC: tuple[Item, ...] = (
          "starting from the grader's base model", integrity=True),
     Item(3, "student_loss", 5, "Exercise 3.1: compute_dpo_loss, taken from notebook 3 alone, "
          "equals labkit.dpo.dpo_loss on fresh random tensors; it must be written, not "
-         "imported (a call into labkit.dpo or TRL scores 0)", integrity=True),
+         "imported (a call into labkit.dpo or TRL scores 0); grading.check(3) in the notebook "
+         "runs the same test on the kernel's function", integrity=True),
     Item(3, "student_logps", 3, "Exercise 3.3: compute_sequence_logps, taken from notebook 3 "
          "alone, equals labkit's summed completion log-probs on fresh random logits (written, "
-         "not imported)", integrity=True),
-    # Step 4: before / after
-    Item(4, "same_prompts_spec", 5, "outputs before/after come from the step-1 prompts, "
+         "not imported; grading.check(3) runs it too)", integrity=True),
+    # Step 4: before / after. The outcome the lab promises (the policy writes measurably more
+    # like the preference) is worth 5 of the 25: a real share, but not so much that a careful
+    # run on a model DPO barely moves (8 pairs on a pretrained model) fails the step. Points
+    # come only from an interval that excludes 0, never from a point estimate. "Changed greedy
+    # outputs" is a weak signal (a broken run changes them too): 1 point.
+    Item(4, "same_prompts_spec", 4, "outputs before/after come from the step-1 prompts, "
          "outputs and GenerationSpec, unchanged"),
     Item(4, "same_policy", 4, "the report names the step-3 policy (same weights sha256)"),
-    Item(4, "outputs_changed", 3, "at least one output changed after training"),
-    Item(4, "metrics", 4, "the report holds every metric, each a finite number (style rates "
-         "may be null for a model other than the teaching model)"),
-    Item(4, "moved_toward_preference", 2, "where a style judge exists (the teaching model), "
-         "the preferred style's rate rose (style_rate_after > style_rate_before) and the pairs "
-         "are not chosen/rejected-swapped against the preference; elsewhere not applicable "
-         "(full points)"),
+    Item(4, "outputs_changed", 1, "at least one output changed after training"),
+    Item(4, "metrics", 3, "the report holds every metric, each a finite number (the judge's "
+         "means may be null only for a theme without a judge)"),
+    Item(4, "moved_toward_preference", 5, "the theme's judge (any model; the teaching model's "
+         "own judge there) scored k sampled answers per judged prompt before and after: the "
+         "95 % paired-bootstrap interval of the change, recomputed from the recorded scores, "
+         "lies entirely above 0. No detectable change or the wrong way (pairs swapped) scores "
+         "0 with the reason; a theme without a judge is 'not measured' (0)"),
+    Item(4, "not_worse", 1, "the run did not make the model worse: held-out accuracy's Wilson "
+         "interval does not lie below 0.5, and neutral perplexity did not grow more than the "
+         "theme's max_perplexity_ratio (x2 unless the theme says; else an explicit WORSE line)"),
     Item(4, "outputs_reproduce", 7, "the saved policy produces the reported outputs_after with "
          "the step-1 GenerationSpec (teacher-forced, as baseline_reproduces)", integrity=True),
 )
@@ -84,18 +96,19 @@ STEP_TITLES = {1: "Baseline", 2: "Preference pairs", 3: "DPO training", 4: "Befo
 NOTEBOOKS = {1: "01_baseline.ipynb", 2: "02_preferences.ipynb", 3: "03_train_dpo.ipynb",
              4: "04_before_after.ipynb"}
 
-# What to do when a step's artifact is missing: which notebook, which cells.
+# What to do when a step's artifact is missing: which notebook, which cells. The auto-grader
+# puts the name of the file the student submitted in place of NOTEBOOKS[step].
 NOT_DONE_HINTS = {
-    1: "Open notebooks/01_baseline.ipynb, finish Exercise 1.1 (theme_prompts and far_prompts) "
+    1: "Open 01_baseline.ipynb, finish Exercise 1.1 (theme_prompts and far_prompts) "
        "and run every cell top to bottom (Kernel > Restart & Run All); the cell under "
        "'5) Save the baseline' writes step1_baseline.json.",
-    2: "Open notebooks/02_preferences.ipynb, finish Exercise 2.1 (at least 8 pairs) and run "
+    2: "Open 02_preferences.ipynb, finish Exercise 2.1 (at least 8 pairs) and run "
        "every cell; the cell under '4) Save the dataset' writes step2_preferences.jsonl and "
        "step2_meta.json. Step 1 must be done first.",
-    3: "Open notebooks/03_train_dpo.ipynb, finish Exercise 3.1 (compute_dpo_loss) and "
+    3: "Open 03_train_dpo.ipynb, finish Exercise 3.1 (compute_dpo_loss) and "
        "Exercise 3.2 (DPOConfig, DPOTrainer, trainer.train()), then run every cell; the cell "
        "under '5) Save the policy' writes step3_policy/ and step3_training.json.",
-    4: "Open notebooks/04_before_after.ipynb, finish Exercise 4.1 (`changed`) and run every "
+    4: "Open 04_before_after.ipynb, finish Exercise 4.1 (`changed`) and run every "
        "cell; the cell under '6) Save the report' writes step4_report.json. Step 3 must be "
        "done first.",
 }

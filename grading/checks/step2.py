@@ -56,9 +56,13 @@ def check_step2(run_dir=None, theme=None) -> CheckResult:
     problems = []
 
     def valid_item():
+        from .own_pairs import copied_note
+
         problems.extend(find_problems(rows, lines=lines))
-        return scored(2, "pairs_valid", not problems,
-                      problem_text(problems) if problems else f"{len(rows)} valid pairs")
+        enough, copied = copied_note(rows, theme)
+        text = problem_text(problems) if problems else f"{len(rows)} valid pairs"
+        return scored(2, "pairs_valid", not problems and enough,
+                      text + (f"; {copied}" if copied else ""))
     valid = guarded(2, "pairs_valid", valid_item)
     return step_result(2, [saved, valid, guarded(2, "no_heldout_leak", _leak_item, run, rows,
                                                  lines, meta, problems, theme)])

@@ -75,10 +75,17 @@ def in_notebook(step: int, *edits) -> Callable[[Path], None]:
     return edit
 
 
-# notebook-2 text (the solution's pairs come from the theme file)
-EXAMPLE_PAIRS = "pairs = [dict(pair) for pair in theme.example_pairs]"
-SWAPPED_PAIRS = ("pairs = [dict(prompt=p[\"prompt\"], chosen=p[\"rejected\"], rejected=p[\"chosen\"])\n"
-                 "         for p in theme.example_pairs]")
+# notebook-2 text (the solution retells the theme's example pairs on other concepts)
+SOLUTION_PAIRS = ("pairs = [retold(pair, concept) for pair, concept in zip(theme.example_pairs, "
+                  "EXTRA_CONCEPTS)]")
+SWAPPED_PAIRS = SOLUTION_PAIRS + ("\npairs = [dict(prompt=p[\"prompt\"], chosen=p[\"rejected\"], "
+                                  "rejected=p[\"chosen\"]) for p in pairs]")
+EXAMPLE_PAIRS = "pairs = [dict(pair) for pair in theme.example_pairs]"   # copied from the theme
+# pairs in a student's own words (tests/data/freeform/terse.jsonl: one-liners in plain English
+# against real jargon; they fit the teaching model's 96 tokens)
+_TERSE = ROOT / "tests" / "data" / "freeform" / "terse.jsonl"
+OWN_WORDS_PAIRS = "pairs = " + repr([json.loads(line) for line in
+                                     _TERSE.read_text(encoding="utf-8").splitlines() if line])
 
 # notebook-3 text the edits match (the solution's own lines)
 LOSS_LINE = "loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()"
@@ -164,14 +171,16 @@ class Case:
     fails: frozenset = frozenset()    # rubric items a careful TA fails; all others pass
     why: str = ""                     # the TA's reasoning, for docs/student-corpus.md
     needs: str = ""                   # the fix this expectation waits for, if any
+    shows: tuple = ()                 # text the executed notebooks must show (their outputs)
 
     @property
     def graded_steps(self) -> tuple[int, ...]:
         return {"notebook": (self.step,), "lab": (1, 2, 3, 4), "artifact": (1, 2)}[self.kind]
 
 
-def nb(step, name, what, *edits, fails=(), why="", needs=""):
-    return Case(name, "notebook", step, what, tuple(edits), frozenset(fails), why, needs)
+def nb(step, name, what, *edits, fails=(), why="", needs="", shows=()):
+    return Case(name, "notebook", step, what, tuple(edits), frozenset(fails), why, needs,
+                tuple(shows))
 
 
 def art(name, what, *edits, fails=(), why="", needs=""):
@@ -220,14 +229,43 @@ CASES: tuple[Case, ...] = (
        why="the callback only shows samples; the later cell says what to add"),
     # --- typical mistakes: lose exactly where the learning is missing
     Case("swapped", "lab", None, "chosen and rejected swapped in every pair (notebook 2)",
-         (in_notebook(2, sub(EXAMPLE_PAIRS, SWAPPED_PAIRS)),), frozenset({"moved_toward_preference"}),
+         (in_notebook(2, sub(SOLUTION_PAIRS, SWAPPED_PAIRS)),),
+         frozenset({"moved_toward_preference", "not_worse"}),
          why="every pair is well formed and every mechanical part of the lab is right: the "
              "pairs save and validate (pairs_valid is about form), the loss is right, TRL trains "
              "healthily on the data it was given (margin > 0), the report is complete and "
              "reproduces. What is missing is the direction: the pairs prefer jargon, against "
-             "the stated preference, so the policy moves away from it. That is exactly what "
-             "step 4's moved_toward_preference checks (the judge's style rate falls and most "
-             "pairs read swapped), and only that item"),
+             "the stated preference, so the policy moves away from it. Step 4 measures exactly "
+             "that: the judge's change lies below 0 (moved the wrong way, the pairs look "
+             "swapped), and the held-out pairs (which prefer plain) are now ranked wrong beyond "
+             "chance, so the feedback says the run made the model worse"),
+    Case("own_words_free_form", "lab", None, "8 pairs in the student's own words (terse "
+         "one-liners in plain English against real jargon) on the teaching model",
+         (in_notebook(2, sub(SOLUTION_PAIRS, OWN_WORDS_PAIRS)),),
+         frozenset({"moved_toward_preference"}),
+         why="honest work that the teaching model cannot learn from: the pairs cost it ~9.5 "
+             "nats per token (its own text ~0.2), notebook 2 says so before the exercise and its "
+             "review flags them. Training is healthy, but what the model writes does not move "
+             "(the judge's change has an interval around 0: no detectable change, 0 points, "
+             "the message names the unknown words as the reason). Not 100: the outcome the "
+             "lab promises did not happen. Not worse either: neutral perplexity x1.3 and "
+             "held-out accuracy at chance are within what the not_worse line allows (first "
+             "written as failing not_worse too; the measured x1.29 is far from x2)"),
+    Case("template_pairs", "lab", None, "14 pairs of the student's own in the teaching model's "
+         "words (the template), on other concepts than the solution's",
+         (in_notebook(2, sub("### END SOLUTION", OTHER_PAIRS + "### END SOLUTION")),),
+         why="pairs the model can learn from: the style moves beyond the noise, full points"),
+    nb(2, "copied_from_theme", "the theme's example pairs (the notebook's example) submitted "
+       "as their own", sub(SOLUTION_PAIRS, EXAMPLE_PAIRS), fails=("pairs_valid",),
+       why="the example pairs are the instructor's, printed by the notebook: flagged, and they "
+           "do not count toward the 8 pairs exercise 2.1 asks for"),
+    nb(3, "loss_missing_beta", "beta left out of the rewards (log-ratios only)",
+       sub(CHOSEN_R, "chosen_rewards = policy_chosen_logps - ref_chosen_logps"),
+       sub(REJECTED_R, "rejected_rewards = policy_rejected_logps - ref_rejected_logps"),
+       fails=LOSS_ITEMS, shows=("NOT YET", "[ ] student_loss (0/5)"),
+       why="loss items only; the notebook's own grading.check(3) runs the auto-grader's test "
+           "on the kernel's function, so it shows the same failure as the self-check above it "
+           "and the auto-grader (never NOT YET above PASSED)"),
     nb(3, "loss_sum", ".sum() instead of .mean() in the loss",
        sub(LOSS_LINE, LOSS_LINE.replace(".mean()", ".sum()")), fails=LOSS_ITEMS,
        why="the loss is wrong (the grader's own tests and the cross-check catch it); TRL "

@@ -59,7 +59,23 @@ def compare(case: Case, results_json: Path) -> Outcome:
                   for name in sorted(names) if name in got_items
                   and got_items[name] == (name in case.fails)]
     mismatches += [f"{name}: not graded" for name in sorted(names - set(got_items))]
+    shown = notebook_outputs(results_json.parent / "executed") if case.shows else ""
+    mismatches += [f"the executed notebook does not show {text!r}" for text in case.shows
+                   if text not in shown]
     return Outcome(case, expected, got, mismatches, pending)
+
+
+def notebook_outputs(folder: Path) -> str:
+    """Every text output of the executed notebooks in `folder`, joined."""
+    import nbformat
+
+    texts = []
+    for path in sorted(folder.glob("*.ipynb")):
+        for cell in nbformat.read(str(path), as_version=4).cells:
+            for out in cell.get("outputs", []):
+                data = out.get("data", {})
+                texts.append(out.get("text", "") + data.get("text/plain", ""))
+    return "\n".join(texts)
 
 
 def run_corpus(out: Path, run_dir: Path, cases=CASES, jobs: int = 2) -> list[Outcome]:
