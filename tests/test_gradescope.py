@@ -89,7 +89,7 @@ def test_zip_has_the_entry_points_at_its_root_executable_and_the_lab(tmp_path):
     for script in ("setup.sh", "run_autograder"):
         assert (infos[script].external_attr >> 16) & 0o777 == 0o755, script
     for name in ("requirements.txt", "labkit/__init__.py", "labkit/themes/plain.toml",
-                 "grading/gradescope.py", "grading/sandbox.sh",
+                 "grading/gradescope.py", "grading/run/sandbox.sh",
                  *(f"notebooks/{n}" for n in craft.NAMES.values())):
         assert name in infos, name
     assert not [n for n in infos if "__pycache__" in n or n.endswith(".pyc")]

@@ -37,7 +37,7 @@ def build_wheel(dest: Path) -> Path:
 def test_the_wheel_ships_the_notebooks_and_the_zips_files(tmp_path):
     names = zipfile.ZipFile(build_wheel(tmp_path)).namelist()
     for name in ("labkit/notebooks/01_baseline.ipynb", "labkit/notebooks/04_before_after.ipynb",
-                 "labkit/themes/plain.toml", "grading/sandbox.sh", "grading/gradescope_zip.py"):
+                 "labkit/themes/plain.toml", "grading/run/sandbox.sh", "grading/gradescope_zip.py"):
         assert name in names, name
 
 
@@ -70,5 +70,5 @@ def test_installed_wheel_runs_the_lab_the_release_and_the_zip(tmp_path, teaching
         "teaching")
     names = zipfile.ZipFile(empty / "autograder.zip").namelist()
     assert {"setup.sh", "run_autograder", "requirements.txt", "notebooks/03_train_dpo.ipynb",
-            "labkit/themes/plain.toml", "grading/sandbox.sh"} <= set(names)
+            "labkit/themes/plain.toml", "grading/run/sandbox.sh"} <= set(names)
     assert not [n for n in names if n.startswith("labkit/notebooks/")]
