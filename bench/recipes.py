@@ -6,6 +6,8 @@ with nothing but transformers/datasets/TRL. Both build TRL's own `DPOConfig` fro
 values (`dpo_config`), so any time difference is labkit's plumbing, not the training.
 Both pass `ref_model=copy.deepcopy(model)`: with `ref_model=None` TRL would reload the
 reference from disk instead, which is a different workload, not overhead.
+Which recipe moves what a real model writes (SmolLM2, the plain theme's judge) is measured by
+`python -m bench.real_recipes`, which builds its DPOConfig with `dpo_config` below.
 """
 from __future__ import annotations
 
