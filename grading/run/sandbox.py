@@ -120,8 +120,19 @@ class Sandbox:
     def namespace_config(self, mem_kb="unlimited", fsize_kb="unlimited") -> str:
         """The variables sandbox.sh sources: what the kernel may see, and the limits."""
         keeps = " ".join(shlex.quote(str(p)) for p in self.allowed())
+        hides = " ".join(shlex.quote(str(p)) for p in self.hidden())
         return (f"tmp_mb={self.limits.tmp_mb}\nshm_mb=512\nmem_kb={mem_kb}\n"
-                f"fsize_kb={fsize_kb}\nnproc={self.limits.processes}\nkeeps=({keeps})\n")
+                f"fsize_kb={fsize_kb}\nnproc={self.limits.processes}\nkeeps=({keeps})\n"
+                f"hides=({hides})\n")
+
+    @staticmethod
+    def hidden() -> list[Path]:
+        """Folders inside the allowed ones that the kernel must not see: the shared
+        reference runs (a later step's reference artifacts are another submission's
+        answer)."""
+        from .reference_cache import FOLDER
+
+        return [_real(cache_dir() / FOLDER)]
 
     def _pids_cgroup(self) -> bool:
         """A pids cgroup for this submission's kernels, where the grader may make one: the

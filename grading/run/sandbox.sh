@@ -2,10 +2,11 @@
 # The namespace half of grading/sandbox.py's sandbox, built by allow-list. Runs as the
 # (mapped) root of fresh user+mount+net+pid namespaces:   sandbox.sh CONFIG WORK COMMAND...
 # CONFIG (written by Sandbox.wrap, sourced here) sets tmp_mb, shm_mb, mem_kb, fsize_kb,
-# nproc and the array `keeps` (paths the kernel may read). A new root is built on an empty
-# tmpfs: the system directories and `keeps` bound read-only at their own paths, a minimal
-# /dev, a fresh /proc and /sys, a private /tmp and /dev/shm, and WORK (the only writable
-# host folder). Then pivot_root: nothing else of the host filesystem exists for COMMAND.
+# nproc, the arrays `keeps` (paths the kernel may read) and `hides` (folders in those it
+# may not see). A new root is built on an empty tmpfs: the system directories and `keeps`
+# bound read-only at their own paths (`hides` covered by empty folders), a minimal /dev, a
+# fresh /proc and /sys, a private /tmp and /dev/shm, and WORK (the only writable host
+# folder). Then pivot_root: nothing else of the host filesystem exists for COMMAND.
 set -eu
 config=$1; work=$2; shift 2
 here=$PWD
@@ -25,6 +26,10 @@ for d in /usr /bin /sbin /lib /lib32 /lib64 /libx32 /etc; do bind "$d"; done
 mkdir -p "$new/tmp" "$new/proc" "$new/sys" "$new/dev/shm"
 mount -t tmpfs -o "size=${tmp_mb}m,mode=1777" grader-tmp "$new/tmp"
 for p in "${keeps[@]}"; do bind "$p"; done
+# folders inside those that the kernel must not see: covered by an empty read-only tmpfs
+for p in "${hides[@]}"; do
+  if [ -d "$new$p" ]; then mount -t tmpfs -o size=4k,mode=555 grader-hidden "$new$p"; fi
+done
 mkdir -p "$new$work"; mount --bind "$work" "$new$work"
 mount -t proc -o nosuid,nodev,noexec proc "$new/proc"
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$new/sys" 2>/dev/null || true
