@@ -69,8 +69,8 @@ def grade_submission(path, name: str, opts: Options, batch_root, label="") -> Su
         with runtime.threads(opts.threads), runtime.quiet_libraries():
             if opts.execute:
                 work = plan(path, opts.reference)
-                shared = shared_steps(work, opts, batch_root, _warn)
-                result.runs = execute(work, opts, box, start, result.notes, shared)
+                shared = shared_steps(work, opts, batch_root, _warn)  # off the clock
+                result.runs = execute(work, opts, box, time.monotonic(), result.notes, shared)
                 run_dir = box.run_dir
             else:
                 work, run_dir = plan_existing(path)

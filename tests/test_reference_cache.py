@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from grading.run.reference_cache import (FILES, MANIFEST, ReferenceCache, ReferenceRunFailed,
-                                         copy_reference, make_key, reference_steps, restore)
+from grading.run.reference_cache import (FILES, MANIFEST, SHARED_RUN, ReferenceCache,
+                                         ReferenceRunFailed, copy_reference, make_key,
+                                         reference_steps, restore)
 from tests.submissions import craft
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,24 +172,27 @@ def item_scores(record: dict) -> dict:
 
 @pytest.mark.slow
 def test_corrupted_entry_is_rebuilt_and_grades_like_no_cache(tmp_path, teaching_dir):
-    """Notebook 2 alone: step 1 comes from the cache (built on first use); a corrupted
-    entry is rebuilt by the next batch, and grades exactly like running step 1 in the
-    submission's own sandbox."""
+    """Notebook 2 alone: step 1 comes from the cache (its entry made as the grader makes it,
+    unless an earlier test of the session made it); a corrupted entry is rebuilt by the
+    next batch, which grades exactly like running step 1 in the submission's own sandbox."""
+    from grading.autograde import Options
+    from grading.run.reference_cache import shared_steps
+    from grading.run.submission import plan
+
     sub = craft.single(2, tmp_path / "subs")
-    first = grade([sub], tmp_path / "first")
+    steps, _, entry = shared_steps(plan(sub, craft.NOTEBOOKS), Options(model="teaching"),
+                                   tmp_path / "batch", pytest.fail)
     key = make_key({1: REF[1]}, (1,), "teaching", None)
     cache = ReferenceCache()
-    entry = cache.entry(key)
-    assert cache.problem(key) is None, "the first batch left a verified entry"
+    assert steps == (1,) and entry == cache.entry(key) and cache.problem(key) is None
     record = entry / FILES / "step1_baseline.json"
-    good = record.read_bytes()
-    record.write_bytes(good.replace(b'"outputs"', b'"outputz"', 1))
-    again = grade([sub], tmp_path / "again")
+    record.write_bytes(record.read_bytes().replace(b'"outputs"', b'"outputz"', 1))
+    assert cache.problem(key) == "step1_baseline.json does not match its hash in the manifest"
+    cached = grade([sub], tmp_path / "cached")
     rebuilt = record.read_bytes()  # a fresh run (its record has its own time stamp)
     assert b'"outputz"' not in rebuilt and b'"outputs"' in rebuilt
     assert cache.problem(key) is None
     uncached = grade([sub], tmp_path / "uncached", "--no-reference-cache")
-    assert first["runs"][0]["message"] == again["runs"][0]["message"] != \
-        uncached["runs"][0]["message"]  # shared in the first two, run in the sandbox here
-    assert item_scores(first) == item_scores(again) == item_scores(uncached)
-    assert sum(item_scores(first).values()) == 25
+    assert cached["runs"][0]["message"] == SHARED_RUN != uncached["runs"][0]["message"]
+    assert item_scores(cached) == item_scores(uncached)
+    assert sum(item_scores(cached).values()) == 25
