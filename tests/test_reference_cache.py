@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -180,8 +181,9 @@ def test_corrupted_entry_is_rebuilt_and_grades_like_no_cache(tmp_path, teaching_
     from grading.run.submission import plan
 
     sub = craft.single(2, tmp_path / "subs")
-    steps, _, entry = shared_steps(plan(sub, craft.NOTEBOOKS), Options(model="teaching"),
-                                   tmp_path / "batch", pytest.fail)
+    with tempfile.TemporaryDirectory() as batch:  # short: kernel sockets live under it
+        steps, _, entry = shared_steps(plan(sub, craft.NOTEBOOKS), Options(model="teaching"),
+                                       Path(batch), pytest.fail)
     key = make_key({1: REF[1]}, (1,), "teaching", None)
     cache = ReferenceCache()
     assert steps == (1,) and entry == cache.entry(key) and cache.problem(key) is None

@@ -67,10 +67,12 @@ def test_slurm_array_grades_the_class_like_one_process(cluster, tmp_path, teachi
                            str(tmp_path / "class"), "--tasks", "2", "--cpus-per-task", "1",
                            "--mem", "4G", "--time", "00:30:00", "--", "--model", "teaching"],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
-    logs = "\n".join(p.read_text() for p in sorted((tmp_path / "class.slurm" / "logs").glob("*")))
+    logs = "\n".join(p.read_text()
+                     for p in sorted((tmp_path / "class.slurm" / "logs").glob("*")))
     assert proc.returncode == 0, f"{proc.stderr[-3000:]}\n{logs[-3000:]}\n{cluster.log_tail()}"
     assert "merged 2 part(s), 4 submission(s)" in proc.stderr
-    assert "--shard $SLURM_ARRAY_TASK_ID/2" in (tmp_path / "class.slurm" / "grade.sbatch").read_text()
+    script = (tmp_path / "class.slurm" / "grade.sbatch").read_text()
+    assert "--shard $SLURM_ARRAY_TASK_ID/2" in script
 
     merged, alone = scores(tmp_path / "class"), scores(tmp_path / "one")
     assert merged == alone

@@ -231,7 +231,7 @@ def shared_steps(work, opts, batch_root: Path, log) -> tuple[tuple[int, ...], di
     cache = _cache(str(cache_dir() / FOLDER))
     try:
         entry = cache.ensure(key, lambda run: _run_reference(work.notebooks, steps, run, opts,
-                                                             Path(batch_root) / key.digest))
+                                                             Path(batch_root)))
     except Exception as exc:  # noqa: BLE001 - grade without the cache, as before
         log(f"reference cache unavailable ({type(exc).__name__}: {exc}); steps "
             f"{list(steps)} run in the submission's sandbox")
@@ -239,14 +239,18 @@ def shared_steps(work, opts, batch_root: Path, log) -> tuple[tuple[int, ...], di
     return steps, json.loads((entry / MANIFEST).read_text(encoding="utf-8"))["files"], entry
 
 
-def _run_reference(notebooks: dict, steps: tuple[int, ...], run: Path, opts, root: Path):
-    """Execute the reference notebooks of `steps` in a fresh sandbox; copy their step
-    records to `run`."""
+def _run_reference(notebooks: dict, steps: tuple[int, ...], run: Path, opts, batch_root: Path):
+    """Execute the reference notebooks of `steps` in a fresh sandbox (a short folder in
+    the batch's: kernel sockets live in it); copy their step records to `run`."""
+    import tempfile
+
     from ..checks.rubric import NOTEBOOKS
     from .kernel import execute_notebook
     from .sandbox import Sandbox
     from .submission import copy_artifacts
 
+    batch_root.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="ref", dir=batch_root))
     box = Sandbox(root, opts.model, opts.limits, opts.threads, opts.kernel_settings(),
                   opts.namespaces).create()
     try:
