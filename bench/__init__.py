@@ -19,4 +19,6 @@ TARGETS = {
     "gpt2_cpu_train_seconds": ("<=", 60.0),
     "lab_seconds": ("<=", 120.0),
     "grader_over_bare": ("<=", 1.3),
+    "nb3_cache_speedup": (">=", 2.0),        # notebook-3-only, warm cache ÷ no cache
+    "full_cache_ratio": (">=", 0.95),        # full submissions: the cache costs nothing
 }

@@ -1,11 +1,17 @@
 """Section: grading throughput, and what grading costs beyond running the notebooks.
 
-Three timings on the solution notebooks (teaching model), each a subprocess so interpreter
+Timings on the solution notebooks (teaching model), each a subprocess so interpreter
 start and imports count, as they do for an instructor:
 - bare: the four notebooks executed in one fresh run directory with nbclient, no grader;
-- `python -m grading` on N copies at --jobs 1, and on N copies at --jobs 2.
-Figures: executed submissions per minute at each --jobs, and grader ÷ bare execution per
-submission at --jobs 1 (sandbox, sanitised copy, checks and recomputation included).
+- `python -m grading` on N copies at --jobs 1, and on N copies at --jobs 2;
+- the reference cache (`measure_cache`), all at --jobs 1, side by side in one run: N
+  four-notebook submissions and N notebook-3-only submissions, with --no-reference-cache
+  (steps 1-2 run in every notebook-3 submission's sandbox) and with the cache, cold (its
+  entry built by the batch) and warm (built before: every later batch, every Slurm task).
+Figures: executed submissions per minute, and grader ÷ bare execution per submission at
+--jobs 1 (sandbox, sanitised copy, checks and recomputation included).
+
+    python -m bench.grading [N] [--cache-only]     # JSON on stdout, progress on stderr
 """
 from __future__ import annotations
 
@@ -57,12 +63,55 @@ def graded_seconds(tmp: Path, n: int, jobs: int, timeout: float = 3600) -> float
         sub = tmp / f"jobs{jobs}" / f"student{i}"
         shutil.copytree(REPO / "notebooks", sub)
         subs.append(str(sub))
-    out = tmp / f"out{jobs}"
-    return _timed([sys.executable, "-m", "grading", *subs, "--out", str(out), "--jobs",
-                   str(jobs), "--model", "teaching"], {}, timeout)
+    return _grade(subs, tmp / f"out{jobs}", jobs, timeout)
 
 
-def measure(n: int = 2, log=print) -> dict:
+def _grade(subs: list, out: Path, jobs: int = 1, timeout: float = 3600, *extra: str) -> float:
+    return _timed([sys.executable, "-m", "grading", *map(str, subs), "--out", str(out),
+                   "--jobs", str(jobs), "--model", "teaching", *extra], {}, timeout)
+
+
+def measure_cache(n: int = 2, log=print) -> dict:
+    """Submissions per minute at --jobs 1: full (four notebooks) and notebook-3-only
+    submissions, reference cache off, cold and warm; one run, side by side."""
+    from grading.run.reference_cache import ReferenceCache, make_key
+
+    ref = {s: REPO / "notebooks" / name for s, name in
+           ((1, "01_baseline.ipynb"), (2, "02_preferences.ipynb"))}
+    key = make_key(ref, (1, 2), "teaching", None)
+    with tempfile.TemporaryDirectory(prefix="bench-cache-") as name:
+        tmp = Path(name)
+        full, nb3 = [], []
+        for i in range(n):
+            full.append(tmp / "full" / f"student{i}")
+            shutil.copytree(REPO / "notebooks", full[-1])
+            nb3.append(tmp / "nb3" / f"03_student{i}.ipynb")
+            nb3[-1].parent.mkdir(exist_ok=True)
+            shutil.copyfile(REPO / "notebooks" / "03_train_dpo.ipynb", nb3[-1])
+        seconds = {}
+        for label, subs, extra, cold in (
+                ("full, cache off", full, ("--no-reference-cache",), False),
+                ("full, cache on", full, (), False),
+                ("notebook 3 only, cache off", nb3, ("--no-reference-cache",), False),
+                ("notebook 3 only, cache on (cold)", nb3, (), True),
+                ("notebook 3 only, cache on (warm)", nb3, (), False)):
+            if cold:
+                ReferenceCache().discard(key)
+            out = tmp / f"out-{len(seconds)}"
+            seconds[label] = _grade(subs, out, 1, 3600, *extra)
+            log(f"  {label}: {n} submissions in {seconds[label]:.1f} s "
+                f"({60 * n / seconds[label]:.2f}/min, load {load_average()})")
+    rate = {label: 60 * n / s for label, s in seconds.items()}
+    return {"submissions": n, "jobs": 1, "seconds": seconds, "submissions_per_minute": rate,
+            "nb3_speedup_warm": rate["notebook 3 only, cache on (warm)"]
+            / rate["notebook 3 only, cache off"],
+            "nb3_speedup_cold": rate["notebook 3 only, cache on (cold)"]
+            / rate["notebook 3 only, cache off"],
+            "full_on_over_off": rate["full, cache on"] / rate["full, cache off"],
+            "load_average": load_average()}
+
+
+def measure(n: int = 2, log=print, cache: bool = True) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-grading-") as name:
         tmp = Path(name)
         bare = bare_seconds(tmp)
@@ -74,11 +123,14 @@ def measure(n: int = 2, log=print) -> dict:
     return {"submissions": n, "bare_seconds": bare,
             "graded_seconds": {str(j): s for j, s in graded.items()},
             "submissions_per_minute": {str(j): 60 * n / s for j, s in graded.items()},
-            "grader_over_bare": graded[1] / n / bare, "load_average": load_average()}
+            "grader_over_bare": graded[1] / n / bare, "load_average": load_average(),
+            **({"reference_cache": measure_cache(n, log)} if cache else {})}
 
 
 if __name__ == "__main__":
     import json
 
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731 - stdout is the JSON
-    print(json.dumps(measure(int(sys.argv[1]) if len(sys.argv) > 1 else 2, log), indent=1))
+    count = int(next((a for a in sys.argv[1:] if a.isdigit()), 2))
+    run = measure_cache if "--cache-only" in sys.argv else measure
+    print(json.dumps(run(count, log), indent=1))

@@ -125,7 +125,26 @@ def _grading_rows(data: dict) -> list[str]:
                  f"{_num(rate['2'], '', 2)} at --jobs 2"),
             _row("Grader ÷ bare execution of the same notebooks (per submission, --jobs 1)",
                  f"{_num(gr['grader_over_bare'], '', 2)} (bare {_num(gr['bare_seconds'], ' s', 1)})",
-                 "grader_over_bare", gr["grader_over_bare"])]
+                 "grader_over_bare", gr["grader_over_bare"])] + _cache_rows(gr)
+
+
+def _cache_rows(gr: dict) -> list[str]:
+    """The reference cache, side by side: submissions per minute at --jobs 1."""
+    rc = gr.get("reference_cache")
+    if not rc:
+        return []
+    rate = rc["submissions_per_minute"]
+    rows = [_row(f"Grading {rc['submissions']} {label} (--jobs 1), submissions per minute",
+                 _num(value, "", 2)) for label, value in rate.items()]
+    load = f"load average {rc['load_average']}" if rc.get("load_average") is not None else ""
+    rows.append(_row(f"Notebook-3-only speedup, warm cache ÷ no cache ({load})",
+                     f"{_num(rc['nb3_speedup_warm'], '×', 2)} (cold: "
+                     f"{_num(rc['nb3_speedup_cold'], '×', 2)})", "nb3_cache_speedup",
+                     rc["nb3_speedup_warm"]))
+    rows.append(_row("Full submissions, cache on ÷ off (throughput)",
+                     _num(rc["full_on_over_off"], "", 2), "full_cache_ratio",
+                     rc["full_on_over_off"]))
+    return rows
 
 
 def _gpt2_rows(data: dict, g2: dict) -> list[str]:

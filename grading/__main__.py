@@ -12,9 +12,7 @@ grading ran, 2 when the grader itself could not run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -23,6 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .autograde import Options, grade_submission, render
+from .batch import (PartManifest, class_order, names_for, parse_shard, rubric_version,
+                    theme_id)
 from .checks.gradescope_format import VISIBILITIES
 from .checks.report import SubmissionResult, write_gradebook
 from .run import unprivileged
@@ -43,6 +43,13 @@ def parse_args(argv):
                         help="the class's preference theme: a shipped name or a .toml file "
                              "(LABKIT_THEME; default: labkit's default theme). Checked "
                              "against --model before the first submission")
+    parser.add_argument("--shard", metavar="K/N", help="grade only part K of N of the "
+                        "submissions (sorted by name; every N-th from the K-th), for one "
+                        "machine of many; join the parts with `python -m grading merge`")
+    parser.add_argument("--no-reference-cache", action="store_true",
+                        help="run the reference steps a single-notebook submission lacks in "
+                             "each submission's sandbox, instead of once per batch (kept "
+                             "under LABKIT_CACHE/reference-runs)")
     parser.add_argument("--no-namespaces", action="store_true",
                         help="run kernels without user namespaces even where they work (what "
                              "a container that forbids them gets; LABKIT_GRADER_NO_NAMESPACES=1)")
@@ -61,6 +68,10 @@ def parse_args(argv):
         parser.error(str(exc))
     if args.jobs <= 0:
         parser.error("--jobs must be positive")
+    try:
+        args.shard = parse_shard(args.shard) if args.shard else None
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -73,18 +84,8 @@ def options(args) -> Options:
                    limits=args.limits, keep_work=bool(args.keep_work),
                    threads=max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None,
                    namespaces=not args.no_namespaces,
-                   integrity_visibility=args.integrity_visibility, out=args.out)
-
-
-def names_for(paths: list[Path]) -> list[str]:
-    """A unique, filesystem-safe folder name per submission."""
-    names, seen = [], {}
-    for path in paths:
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem if path.suffix == ".ipynb"
-                      else path.name) or "submission"
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
-    return names
+                   integrity_visibility=args.integrity_visibility, out=args.out,
+                   reference_cache=not args.no_reference_cache)
 
 
 def main(argv=None) -> int:
@@ -93,6 +94,10 @@ def main(argv=None) -> int:
         from . import gradescope
 
         return gradescope.main(argv[1:])
+    if argv[:1] in (["merge"], ["slurm"]):  # join parts; grade a class through Slurm
+        from . import merge, slurm
+
+        return {"merge": merge.main, "slurm": slurm.main}[argv[0]](argv[1:])
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the entry point owns its process
     from labkit import runtime
@@ -116,7 +121,14 @@ def _main(args) -> int:
     except Exception as exc:  # the grader cannot run at all
         print(f"grading: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    print(f"grading {len(args.submissions)} submission(s) with {model!r}, theme "
+    if args.shard:
+        whole = class_order(args.submissions)
+        subs = whole[args.shard[0] - 1::args.shard[1]]
+        print(f"part {args.shard[0]}/{args.shard[1]}: {len(subs)} of {len(whole)} "
+              "submission(s)", file=sys.stderr)
+    else:
+        whole = subs = list(zip(args.submissions, names_for(args.submissions)))
+    print(f"grading {len(subs)} submission(s) with {model!r}, theme "
           f"{theme.name!r} ({theme.path}), {args.jobs} at a time; isolation: "
           f"{unprivileged.mode(opts.namespaces)}",
           file=sys.stderr)
@@ -129,11 +141,13 @@ def _main(args) -> int:
         return 2
     start = time.monotonic()
     try:
-        rows = run_batch(args, opts)
+        rows = run_batch(args, opts, subs)
     finally:
         if opts.stage is not None:
             opts.stage.remove()
     write_gradebook(args.out / "gradebook.csv", rows)
+    PartManifest(opts.model, theme_id(opts.theme), rubric_version(), args.shard or (1, 1),
+                 tuple(sorted(n for _, n in whole)), tuple(n for _, n in subs)).write(args.out)
     print(f"graded {len(rows)} submission(s) in {time.monotonic() - start:.1f} s -> "
           f"{args.out / 'gradebook.csv'}", file=sys.stderr)
     return 0
@@ -164,8 +178,8 @@ def fitted_theme(theme, model: str):
     return fit_theme(theme, tokenizer, info)
 
 
-def run_batch(args, opts: Options) -> list[dict]:
-    subs = list(zip(args.submissions, names_for(args.submissions)))
+def run_batch(args, opts: Options, subs: list[tuple[Path, str]]) -> list[dict]:
+    """Grade `subs` (path, name), --jobs at a time; the gradebook rows, in their order."""
     if args.keep_work:
         args.keep_work.mkdir(parents=True, exist_ok=True)
     batch_root = Path(tempfile.mkdtemp(prefix="grading-", dir=args.keep_work)).resolve()

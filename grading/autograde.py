@@ -22,6 +22,7 @@ from .checks.report import NotebookRun, SubmissionResult
 from .checks.rubric import NOTEBOOKS
 from .run.kernel import execute_notebook
 from .run.limits import Limits
+from .run.reference_cache import SHARED_RUN, copy_reference, restore, shared_steps
 from .run.sandbox import Sandbox, tree_size
 from .run.submission import Plan, copy_artifacts, plan, plan_existing
 from .run.time_limit import GradingTimeout, time_limit
@@ -47,6 +48,7 @@ class Options:
     out: Path = Path("graded")  # out/<name>/: results.json, feedback.md, executed notebooks
     stage: object = None  # run.stage.Stage: staged once per batch for the kernels'
     # unprivileged user (root without namespaces); made per submission when None
+    reference_cache: bool = True  # the reference steps a submission lacks: run once, shared
 
     def kernel_settings(self) -> dict:
         """The LABKIT_* configuration every kernel of the batch gets."""
@@ -73,7 +75,9 @@ def grade_submission(path, name: str, opts: Options, batch_root, label="") -> Su
             with runtime.threads(opts.threads), runtime.quiet_libraries():
                 if opts.execute:
                     work = plan(path, opts.reference)
-                    result.runs = execute(work, opts, box, start, result.notes)
+                    shared = shared_steps(work, opts, batch_root, _warn)  # off the clock
+                    result.runs = execute(work, opts, box, time.monotonic(), result.notes,
+                                          shared)
                     run_dir = box.run_dir
                 else:
                     work, run_dir = plan_existing(path)
@@ -91,16 +95,25 @@ def grade_submission(path, name: str, opts: Options, batch_root, label="") -> Su
     return result
 
 
-def execute(work: Plan, opts: Options, box: Sandbox, start: float, notes: list) -> list:
+def execute(work: Plan, opts: Options, box: Sandbox, start: float, notes: list,
+            shared=((), {}, None)) -> list:
     """Run the planned notebooks in the sandbox's copy, in step order; stop when the work
-    folder outgrows its quota (said in `notes`). Returns the NotebookRuns."""
-    copies, left_out = work.copy_into(box.lab, int(opts.limits.copy_mb * 2**20))
+    folder outgrows its quota (said in `notes`). The `shared` reference steps (steps,
+    files, cache entry) are not run, and their notebooks (solutions) never reach the
+    sandbox: their cached records are copied in, read-only, and put back after the run if a
+    notebook changed them. Returns the NotebookRuns."""
+    steps, files, entry = shared
+    copies, left_out = work.copy_into(box.lab, int(opts.limits.copy_mb * 2**20), skip=steps)
     notes += left_out
+    if steps:
+        copy_reference(entry, box.run_dir)
     deadline, quota = start + opts.limits.total_timeout, opts.limits.disk_gb * 2**30
     runs, over = [], ""
     for step in range(1, 5):
         if step not in copies:
-            if step in work.graded:
+            if step in steps:
+                runs.append(NotebookRun(step, NOTEBOOKS[step], "ok", SHARED_RUN))
+            elif step in work.graded:
                 runs.append(NotebookRun(step, NOTEBOOKS[step], "missing", "not in the submission"))
             continue
         if over:
@@ -114,6 +127,9 @@ def execute(work: Plan, opts: Options, box: Sandbox, start: float, notes: list) 
             over = (f"{WORK_FOLDER} held {used / 2**30:.1f} GB after {copies[step].name}, over "
                     f"the grader's limit of {opts.limits.describe('disk_gb')}")
             notes.append(over)
+    if steps:
+        notes += [f"{rel}: the reference's file was changed by the submission's notebook; "
+                  "the reference's was graded" for rel in restore(box.run_dir, files, entry)]
     return runs
 
 
@@ -185,6 +201,10 @@ def timed_out(graded: list[int], limits: Limits) -> list:
                "pairs than the lab asks for)")
     return [CheckResult(s, [scored(s, i.name, False, message) for i in items_for(s)],
                         [message], "failed") for s in graded]
+
+
+def _warn(line: str) -> None:
+    print(f"grading: {line}", file=sys.stderr, flush=True)
 
 
 def hide_paths(box: Sandbox, result: SubmissionResult) -> None:

@@ -168,15 +168,16 @@ class Plan:
     def whole_folder(self) -> bool:
         return self.source.is_dir()
 
-    def copy_into(self, lab: Path, max_bytes: int) -> tuple[dict[int, Path], list[str]]:
+    def copy_into(self, lab: Path, max_bytes: int, skip=()) -> tuple[dict[int, Path], list[str]]:
         """Put the notebooks in `lab`, the kernels' working copy: a folder is copied whole
         (as the student had it in JupyterLab); a single notebook goes next to the
-        reference's earlier steps. Returns ({step: copy}, notes on what was left out)."""
+        reference's earlier steps, except the `skip` steps (shared reference records stand
+        in for them). Returns ({step: copy}, notes on what was left out)."""
         notes = copy_submission(self.source, lab, max_bytes) if self.whole_folder else []
         copies = {s: lab / (p.relative_to(self.source) if self.whole_folder
                             and p.is_relative_to(self.source)
                             else p.name if p == self.source else NOTEBOOKS[s])
-                  for s, p in self.notebooks.items()}
+                  for s, p in self.notebooks.items() if s not in skip}
         for step, copy in copies.items():  # left out by the copy's limits, or the reference's
             if not copy.is_file():
                 copy.parent.mkdir(parents=True, exist_ok=True)
