@@ -66,7 +66,8 @@ def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
     fit it), then passed to the kernels in their environment; this process's own
     environment is left as it was."""
     model = model or LabConfig.from_env().model
-    theme_used = theme_for_model(load_theme(theme), model)  # before any notebook runs
+    with runtime.progress_bars_off():  # the model loads here: one line per step, no bars
+        theme_used = theme_for_model(load_theme(theme), model)  # before any notebook runs
     print(f"theme: {theme_used.name} - {theme_used.title}", flush=True)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)

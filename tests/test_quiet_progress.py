@@ -1,7 +1,7 @@
 """`labkit run` prints one line per step and a summary: no library progress bars in between.
 
 The checks load models in the runner's own process, where transformers draws a "Loading
-weights" bar on stderr; `runner.quiet_progress_bars` turns such bars off there. The bars
+weights" bar on stderr; `runtime.progress_bars_off` turns such bars off there. The bars
 that matter to a student (the teaching-model build, training) stay in the notebooks.
 """
 from __future__ import annotations
@@ -36,8 +36,9 @@ LOAD_TINY_MODEL = textwrap.dedent("""
     import sys, tempfile
     from transformers import GPT2Config, GPT2LMHeadModel
     if sys.argv[1] == "quiet":
-        from grading.runner import quiet_progress_bars
-        quiet_progress_bars()
+        from labkit.runtime import progress_bars_off
+        quiet = progress_bars_off()  # what the runner holds while its checks load models
+        quiet.__enter__()
     config = GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=16, vocab_size=32)
     with tempfile.TemporaryDirectory() as out:
         GPT2LMHeadModel(config).save_pretrained(out)
