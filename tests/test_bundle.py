@@ -84,8 +84,7 @@ def filled_in(student: Path, solution: Path, pairs: list[dict]) -> None:
     nb, ref = nbformat.read(student, as_version=4), nbformat.read(solution, as_version=4)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code" and "# YOUR CODE HERE" in cell.source:
-            cell.source = ref.cells[i - 1].source.replace(
-                "[dict(pair) for pair in theme.example_pairs]", repr(pairs))
+            cell.source = ref.cells[i - 1].source.replace("theme.example_pairs", repr(pairs))
     nbformat.write(nb, student)
 
 

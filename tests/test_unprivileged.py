@@ -198,7 +198,7 @@ def test_probe_on_gradescope_as_root_without_namespaces(open_dir, teaching_dir):
                            capture_output=True, text=True, env=script_env(root), timeout=600)
     assert setup.returncode == 0, setup.stderr[-2000:]
     assert "student code runs as labkit-student1" in setup.stdout
-    checks = root / "source" / "grading" / "checks.py"
+    checks = root / "source" / "grading" / "checks" / "__init__.py"
     original = checks.read_bytes()
     heartbeat = probe_notebook(root / "submission" / "probe",
                                root / "source" / "notebooks" / craft.NAMES[3],
@@ -223,7 +223,7 @@ def test_probe_and_solution_through_the_batch_grader(open_dir, teaching_dir):
     solution = craft.solution(subs / "solution")
     heartbeat = probe_notebook(subs / "probe", checkout / "notebooks" / craft.NAMES[3],
                                out / "01_baseline" / "results.json",
-                               checkout / "grading" / "checks.py")
+                               checkout / "grading" / "checks" / "__init__.py")
     closed(subs)
     env = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1"}
     argv = [sys.executable, "-m", "grading", "--out", str(out), "--model", "teaching",
