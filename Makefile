@@ -22,8 +22,9 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(PY) -m labkit run
 
+# every core (at most 4): a module's tests stay on one worker (tests/conftest.py)
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadgroup
 
 # Students: the student notebooks (exercises stubbed), written on first use and never
 # overwritten by `make lab` (work in progress stays; `make release` rewrites them).

