@@ -24,7 +24,7 @@ run: $(VENV)/.installed
 
 # every core (at most 4): a module's tests stay on one worker (tests/conftest.py)
 test: $(VENV)/.installed
-	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadgroup
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadgroup --no-loadscope-reorder
 
 # Students: the student notebooks (exercises stubbed), written on first use and never
 # overwritten by `make lab` (work in progress stays; `make release` rewrites them).

@@ -64,6 +64,9 @@ def pytest_configure(config):
 
 # Modules whose tests share in-process trained runs (tests/_runs.py): one xdist worker.
 SHARED_RUNS = {"test_dpo", "test_health", "test_metrics", "test_teaching_depth", "test_viz"}
+# The longest modules (measured: each holds a whole-lab run of several minutes on 2 cores),
+# started first; the first two need no teaching model, so no worker waits for its build.
+LONGEST_FIRST = ("test_real_model", "test_runner", "test_student_corpus", "test_autograde")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -80,9 +83,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _group_for_workers(items) -> None:
-    """For `--dist loadgroup`: each module is one group (its fixtures are built once), the
-    modules of SHARED_RUNS one group together, and the groups with the most slow tests go
-    first, so the long ones do not start last and leave one worker idle at the end."""
+    """For `--dist loadgroup --no-loadscope-reorder`: each module is one group (its fixtures
+    are built once), the modules of SHARED_RUNS one group together; LONGEST_FIRST, then the
+    groups with the most slow tests go first, so no long one starts last and leaves the other
+    workers idle at the end."""
     groups: dict[str, list] = {}
     for item in items:
         module = item.path.stem
@@ -90,8 +94,12 @@ def _group_for_workers(items) -> None:
         if not any(item.iter_markers("xdist_group")):
             item.add_marker(pytest.mark.xdist_group(group))
         groups.setdefault(group, []).append(item)
-    order = sorted(groups.values(), key=lambda tests: -sum(
-        1 for t in tests if t.get_closest_marker("slow")))
+    def rank(tests):
+        module = tests[0].path.stem
+        first = LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+        return first, -sum(1 for t in tests if t.get_closest_marker("slow"))
+
+    order = sorted(groups.values(), key=rank)
     items[:] = [item for tests in order for item in tests]
 
 
