@@ -289,7 +289,8 @@ def test_solution_gets_100_without_namespaces(autograder_zip):
                        **{sandbox.NO_NAMESPACES_ENV: "1"})
     assert gradescope_format.validate(res) == []
     failed = [t for t in res["tests"] if t["score"] < t["max_score"]]
-    assert res["score"] == 100 and res["extra_data"]["max_score"] == 100 and not failed, failed
+    assert res["score"] == 100 and res["extra_data"]["max_score"] == 100 and not failed, [
+        (t["name"], t.get("output")) for t in failed]
     assert all(t.get("status", "passed") == "passed" for t in res["tests"])  # answers: none
     assert f"isolation: {NO_NAMESPACES_MODE}" in proc.stderr
 

@@ -235,7 +235,7 @@ def test_probe_and_solution_through_the_batch_grader(open_dir, teaching_dir):
     assert "isolation: unprivileged user" in proc.stderr
     res = json.loads((out / "solution" / "results.json").read_text())
     failed = [t for t in res["tests"] if t["score"] < t["max_score"]]
-    assert res["score"] == 100 and not failed, failed
+    assert res["score"] == 100 and not failed, [(t["name"], t.get("output")) for t in failed]
     probe = json.loads((out / "01_baseline" / "results.json").read_text())
     found = probe_found(probe)
     assert found["uid"] != 0 and (found["read"], found["results"], found["source"]) == (
