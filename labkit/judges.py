@@ -14,7 +14,8 @@ the text reads as the preferred style, else 0). A theme's `[judge]` table names 
     prompts = [...]              # optional: step 4 samples these (default: theme prompts)
 
 A judge is only trusted when it prefers `chosen` on at least MIN_AGREEMENT of the theme's own
-example and held-out pairs (`agreement`); the theme loader refuses it otherwise.
+example and held-out pairs, and its real-model pairs for the any-model `function`
+(`agreement`); the theme loader refuses it otherwise.
 """
 from __future__ import annotations
 
@@ -151,10 +152,15 @@ class Judge:
                     disagree.append((table, i))
         return Agreement(self.function, agree, agree + len(disagree), tuple(disagree))
 
-    def agreements(self, tables: dict[str, list]) -> list[Agreement]:
-        """`agreement` for each function this judge names (any model, then teaching)."""
+    def agreements(self, tables: dict[str, list], any_model_only=()) -> list[Agreement]:
+        """`agreement` for each function this judge names (any model, then teaching); the
+        tables named in `any_model_only` (pairs only a real model trains on) are read by
+        `function` alone."""
         names = dict.fromkeys(f for f in (self.function, self.teaching) if f)
-        return [_cached_agreement(replace(self, function=f, teaching=None), tables)
+        return [_cached_agreement(replace(self, function=f, teaching=None), tables if
+                                  f == self.function else {t: rows for t, rows in
+                                                           tables.items() if t not in
+                                                           any_model_only})
                 for f in names]
 
     @property
