@@ -26,14 +26,21 @@ import re
 from dataclasses import asdict, dataclass, replace
 
 MIN_AGREEMENT = 0.9
+READING_EASE_RANGE = (0.0, 100.0)   # Flesch's scale: 0 = very hard, 100 = very easy
 _WORD = re.compile(r"[A-Za-z0-9'\-]+")
 
 
 def reading_ease(text: str) -> float:
-    """Flesch reading ease (textstat): short words and sentences score higher."""
+    """Flesch reading ease (textstat), clipped to its nominal 0-100: short words and
+    sentences score higher. Unclipped, one unpunctuated 40-token sample scores -300 and
+    swings its prompt's mean by 40 points; clipped, the verdicts stay and the intervals
+    halve (docs/models.md)."""
     import textstat
 
-    return float(textstat.flesch_reading_ease(text)) if _WORD.search(text) else 0.0
+    if not _WORD.search(text):
+        return 0.0
+    return min(READING_EASE_RANGE[1], max(READING_EASE_RANGE[0],
+                                          float(textstat.flesch_reading_ease(text))))
 
 
 def fewer_words(text: str) -> float:
@@ -178,7 +185,7 @@ class Judge:
 def _cached_agreement(judge: Judge, tables: dict) -> Agreement:
     """`judge.agreement(tables)`, kept in the labkit cache: a textstat judge loads its
     pronunciation dictionary (~3 s) in every process that scores a text, and every notebook
-    loads its theme. Keyed by the judge, the textstat version and the pairs themselves."""
+    loads its theme. Keyed by the judge (its code too), the textstat version and the pairs."""
     if judge.kind == "label":          # the teaching model's marker judge is instant
         return judge.agreement(tables)
     from importlib.metadata import version
@@ -186,7 +193,9 @@ def _cached_agreement(judge: Judge, tables: dict) -> Agreement:
     from .artifacts import atomic_write_text
     from .config import cache_dir
 
-    key = json.dumps([judge.function, judge.preferred, version("textstat"), tables],
+    code = _function(judge.function).__code__
+    key = json.dumps([judge.function, judge.preferred, version("textstat"), tables,
+                      code.co_code.hex(), repr(code.co_consts), repr(READING_EASE_RANGE)],
                      sort_keys=True)
     name = hashlib.sha256(key.encode()).hexdigest()[:20]
     path = cache_dir() / "judge-agreements" / f"{name}.json"

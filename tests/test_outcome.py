@@ -90,6 +90,14 @@ def test_judges_score_higher_for_the_preference():
     style = Judge("judge_style", "plain", "jargon")
     assert style.score("Think of it like a box.") == 1.0 and style("Formally, it denotes.") == "jargon"
     assert plain.score("") == 0.0
+    # clipped to Flesch's 0-100: one unpunctuated run-on sample cannot swing a prompt's mean
+    import textstat
+
+    run_on = ("canonically the asymptotically bounded construct constitutes a parametric "
+              "mechanism for invariant preservation under heterogeneous compositional "
+              "transformations and denotational interpretations of operational semantics")
+    assert textstat.flesch_reading_ease(run_on) < -50 and plain.score(run_on) == 0.0
+    assert textstat.flesch_reading_ease("Go. Go. Go.") > 100 and plain.score("Go. Go. Go.") == 100.0
 
 
 def test_outcome_from_samples_gives_rates_intervals_and_verdict():
