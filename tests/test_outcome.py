@@ -97,7 +97,8 @@ def test_judges_score_higher_for_the_preference():
               "mechanism for invariant preservation under heterogeneous compositional "
               "transformations and denotational interpretations of operational semantics")
     assert textstat.flesch_reading_ease(run_on) < -50 and plain.score(run_on) == 0.0
-    assert textstat.flesch_reading_ease("Go. Go. Go.") > 100 and plain.score("Go. Go. Go.") == 100.0
+    short = "Go. Go. Go."
+    assert textstat.flesch_reading_ease(short) > 100 and plain.score(short) == 100.0
 
 
 def test_outcome_from_samples_gives_rates_intervals_and_verdict():

@@ -271,8 +271,9 @@ def test_real_model_pairs_must_fit_a_real_model_not_the_teaching_one(tmp_path, g
                                                                      teaching_tokenizer):
     long = dict(REAL[0], rejected=" ".join(["and then it boils over, so it switches off,"] * 25))
     path = write_theme(tmp_path, JUDGED, real=[long, *REAL[1:]])
-    (problem,) = [str(p) for p in pytest.raises(ThemeError, load_theme, path, tokenizer=gpt2_tokenizer,
-                                                max_length=128).value.problems]
+    with pytest.raises(ThemeError) as caught:
+        load_theme(path, tokenizer=gpt2_tokenizer, max_length=128)
+    (problem,) = [str(p) for p in caught.value.problems]
     assert problem.startswith("[real_model_pairs], row 1, field 'rejected': prompt + rejected "
                               "is ") and "max_length is 128" in problem
     # the teaching model never trains on them: its 96-token context does not apply
