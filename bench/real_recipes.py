@@ -3,8 +3,8 @@
     python -m bench.real_recipes [--model DIR] [--out FILE] RECIPE [RECIPE ...]
     python -m bench.real_recipes --table [--out FILE]     # the docs/models.md table
     RECIPE = PAIRS:LR:EPOCHS:BETA, e.g. example:1e-5:3:0.1 or all:2e-5:2:0.1
-    PAIRS  = example (the theme's 8), written (bench/data/plain_real_pairs.toml),
-             all (both); `-N` keeps the first N
+    PAIRS  = example (the theme's 8), written (the theme's 42 [[real_model_pairs]]),
+             all (both: what notebook 2 trains on for a real model); `-N` keeps the first N
              (all-24: the 8 examples + 16 written), `xR` repeats them R times (allx2)
 
 Measured as the issue-21 judge spec says (plain theme: Flesch reading ease, textstat 0.7.8):
@@ -32,7 +32,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-WRITTEN = ROOT / "bench" / "data" / "plain_real_pairs.toml"
 DEFAULT_OUT = ROOT / "bench" / "results" / "smollm2-recipes.json"
 # step 4's outcome sampling (labkit.outcome.sampling_spec): k=8, 40 tokens, seed 0, batch 8
 SAMPLING = dict(max_new_tokens=40, do_sample=True, num_samples=8, seed=0, batch_size=8)
@@ -65,12 +64,8 @@ def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
     return [round(centre - half, 3), round(centre + half, 3)]
 
 
-def written_pairs() -> list[dict]:
-    import tomllib
-
-    with open(WRITTEN, "rb") as handle:
-        return [dict(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"])
-                for r in tomllib.load(handle)["pairs"]]
+def written_pairs(theme) -> list[dict]:
+    return [dict(p) for p in theme.real_model_pairs]
 
 
 def sample(model, tokenizer, prompts) -> list[list[str]]:
@@ -86,9 +81,9 @@ def training_pairs(kind: str, theme) -> list[dict]:
     if kind == "example":
         pairs = [dict(p) for p in theme.example_pairs]
     elif kind == "written":
-        pairs = written_pairs()
+        pairs = written_pairs(theme)
     elif kind == "all":
-        pairs = [dict(p) for p in theme.example_pairs] + written_pairs()
+        pairs = [dict(p) for p in theme.example_pairs] + written_pairs(theme)
     else:
         raise ValueError(f"unknown pairs {kind!r}: example, written or all")
     return pairs[:int(first or len(pairs))] * int(repeat or 1)

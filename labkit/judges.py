@@ -14,7 +14,8 @@ the text reads as the preferred style, else 0). A theme's `[judge]` table names 
     prompts = [...]              # optional: step 4 samples these (default: theme prompts)
 
 A judge is only trusted when it prefers `chosen` on at least MIN_AGREEMENT of the theme's own
-example and held-out pairs (`agreement`); the theme loader refuses it otherwise.
+example and held-out pairs, and its real-model pairs for the any-model `function`
+(`agreement`); the theme loader refuses it otherwise.
 """
 from __future__ import annotations
 
@@ -25,14 +26,21 @@ import re
 from dataclasses import asdict, dataclass, replace
 
 MIN_AGREEMENT = 0.9
+READING_EASE_RANGE = (0.0, 100.0)   # Flesch's scale: 0 = very hard, 100 = very easy
 _WORD = re.compile(r"[A-Za-z0-9'\-]+")
 
 
 def reading_ease(text: str) -> float:
-    """Flesch reading ease (textstat): short words and sentences score higher."""
+    """Flesch reading ease (textstat), clipped to its nominal 0-100: short words and
+    sentences score higher. Unclipped, one unpunctuated 40-token sample scores -300 and
+    swings its prompt's mean by 40 points; clipped, the verdicts stay and the intervals
+    halve (docs/models.md)."""
     import textstat
 
-    return float(textstat.flesch_reading_ease(text)) if _WORD.search(text) else 0.0
+    if not _WORD.search(text):
+        return 0.0
+    return min(READING_EASE_RANGE[1], max(READING_EASE_RANGE[0],
+                                          float(textstat.flesch_reading_ease(text))))
 
 
 def fewer_words(text: str) -> float:
@@ -151,10 +159,15 @@ class Judge:
                     disagree.append((table, i))
         return Agreement(self.function, agree, agree + len(disagree), tuple(disagree))
 
-    def agreements(self, tables: dict[str, list]) -> list[Agreement]:
-        """`agreement` for each function this judge names (any model, then teaching)."""
+    def agreements(self, tables: dict[str, list], any_model_only=()) -> list[Agreement]:
+        """`agreement` for each function this judge names (any model, then teaching); the
+        tables named in `any_model_only` (pairs only a real model trains on) are read by
+        `function` alone."""
         names = dict.fromkeys(f for f in (self.function, self.teaching) if f)
-        return [_cached_agreement(replace(self, function=f, teaching=None), tables)
+        return [_cached_agreement(replace(self, function=f, teaching=None), tables if
+                                  f == self.function else {t: rows for t, rows in
+                                                           tables.items() if t not in
+                                                           any_model_only})
                 for f in names]
 
     @property
@@ -172,7 +185,7 @@ class Judge:
 def _cached_agreement(judge: Judge, tables: dict) -> Agreement:
     """`judge.agreement(tables)`, kept in the labkit cache: a textstat judge loads its
     pronunciation dictionary (~3 s) in every process that scores a text, and every notebook
-    loads its theme. Keyed by the judge, the textstat version and the pairs themselves."""
+    loads its theme. Keyed by the judge (its code too), the textstat version and the pairs."""
     if judge.kind == "label":          # the teaching model's marker judge is instant
         return judge.agreement(tables)
     from importlib.metadata import version
@@ -180,7 +193,9 @@ def _cached_agreement(judge: Judge, tables: dict) -> Agreement:
     from .artifacts import atomic_write_text
     from .config import cache_dir
 
-    key = json.dumps([judge.function, judge.preferred, version("textstat"), tables],
+    code = _function(judge.function).__code__
+    key = json.dumps([judge.function, judge.preferred, version("textstat"), tables,
+                      code.co_code.hex(), repr(code.co_consts), repr(READING_EASE_RANGE)],
                      sort_keys=True)
     name = hashlib.sha256(key.encode()).hexdigest()[:20]
     path = cache_dir() / "judge-agreements" / f"{name}.json"

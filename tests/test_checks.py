@@ -77,6 +77,37 @@ def test_rubric_is_100_points_25_per_step():
     assert "| 3 | student_loss | 5 | auto-grader |" in rubric.as_markdown()
 
 
+# ----------------------------------------------------------------------------- own pairs
+def test_the_themes_real_model_pairs_are_neither_own_nor_copied(tmp_path):
+    """Notebook 2 adds the theme's real-model pairs on a real model: the instructor's data,
+    so they neither count toward a student's 8 nor are flagged as copied."""
+    from grading.checks.own_pairs import copied_note, copied_rows
+    from labkit.teaching import EXTRA_CONCEPTS, make_preference_pairs
+    from labkit.themes import load_theme
+    from tests.test_themes import JUDGED, REAL, write_theme
+
+    theme = load_theme("plain")
+    own = make_preference_pairs(8, seed=5, concepts=EXTRA_CONCEPTS)
+    pairs, _ = theme.with_real_model_pairs(own, is_teaching=False)
+    assert copied_rows(pairs, theme) == []
+    assert copied_note(pairs, theme) == (True, "42 rows are the theme's real-model pairs (your "
+                                         "instructor's, added on a real model), not counted as "
+                                         "yours: 8 own pair(s)")
+    enough, note = copied_note(pairs[3:], theme)      # 5 of one's own are not 8
+    assert not enough and note.endswith(": 5 own pair(s), at least 8 are needed")
+    copied = [dict(p) for p in theme.example_pairs] + list(theme.real_model_pairs)
+    assert copied_rows(copied, theme) == list(range(1, 9))      # the examples still are copies
+    assert not copied_note(copied, theme)[0]
+    # an instructor's own theme file: its real-model pairs are the provided ones
+    mine = load_theme(write_theme(tmp_path, JUDGED, real=REAL))
+    rows = own + [dict(p) for p in REAL]
+    assert mine.provided_rows(rows) == [9, 10, 11, 12]
+    assert copied_note(rows, mine) == (True, "4 rows are the theme's real-model pairs (your "
+                                       "instructor's, added on a real model), not counted as "
+                                       "yours: 8 own pair(s)")
+    assert copied_note(rows, theme) == (True, "")   # not the plain theme's: a student's own
+
+
 # ----------------------------------------------------------------------------- real run
 @pytest.mark.slow
 def test_the_real_lab_run_passes_every_step(run):
@@ -183,6 +214,39 @@ def test_step4_needs_the_step1_prompts_a_change_and_every_metric(run):
     assert "no output changed" in item(result, "outputs_changed").message
     assert "kl_mean" in item(result, "metrics").message
     assert item(result, "same_policy").passed
+
+
+@pytest.mark.slow
+def test_step2_with_the_real_model_pairs_counts_only_the_students_own(run):
+    from labkit.themes import load_theme
+
+    real = load_theme("plain").real_model_pairs
+    rewrite_pairs(run, lambda rows: rows.extend(dict(p) for p in real))
+    result = checks.check_step2(run)
+    assert result.passed, result.items        # valid, and no leak of any held-out concept
+    assert item(result, "pairs_valid").message == (
+        "50 valid pairs; 42 rows are the theme's real-model pairs (your instructor's, added on a "
+        "real model), not counted as yours: 8 own pair(s)")
+    rewrite_pairs(run, lambda rows: rows.__delitem__(slice(0, 3)))
+    valid = item(checks.check_step2(run), "pairs_valid")
+    assert not valid.passed and valid.message.endswith("5 own pair(s), at least 8 are needed")
+
+
+@pytest.mark.slow
+def test_swapped_pairs_are_counted_among_the_students_own_only(run):
+    from labkit.themes import load_theme
+
+    def swap_then_add_the_real_model_pairs(rows):
+        for row in rows:
+            row.update(chosen=row["rejected"], rejected=row["chosen"])
+        rows.extend(dict(p) for p in load_theme("plain").real_model_pairs)
+
+    rewrite_pairs(run, swap_then_add_the_real_model_pairs)
+    edit_json(run / A.STEP4_REPORT, lambda r: r["outcome"].update(
+        scores_after=[b - 0.3 for b in r["outcome"]["scores_before"]]))
+    moved = item(checks.check_step4(run), "moved_toward_preference")
+    assert "moved the wrong way" in moved.message
+    assert "the judge prefers rejected over chosen on 8 of 8," in moved.message, moved.message
 
 
 # ----------------------------------------------------------------------------- integrity

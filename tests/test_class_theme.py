@@ -37,7 +37,7 @@ def cli(*args, timeout=600) -> subprocess.CompletedProcess:
 
 
 def test_pairs_are_checked_against_the_model(tmp_path, teaching_tokenizer):
-    info = SimpleNamespace(kind="teaching", device="cpu")  # what preset_for reads of it
+    info = SimpleNamespace(kind="teaching", device="cpu", is_teaching=True)  # what fit_theme reads
     long = tmp_path / "long.toml"
     text = (THEMES_DIR / "plain.toml").read_text(encoding="utf-8")
     first_chosen = text.index("chosen = ", text.index("[[example_pairs]]"))

@@ -47,7 +47,9 @@ def test_shipped_judges_agree_with_their_themes_pairs(name, functions):
     for agreement in theme.judge_agreements:
         record_figure(f"theme {name}: judge {agreement.function}", str(agreement))
         assert agreement.valid and agreement.share >= 0.9
-        assert agreement.n == len(theme.example_pairs) + len(theme.heldout_pairs)
+        # the real-model pairs too, except for the teaching model's judge (never trained on them)
+        real = theme.real_model_pairs if agreement.function == theme.judge.function else ()
+        assert agreement.n == len(theme.example_pairs) + len(theme.heldout_pairs) + len(real)
     assert "prefers chosen on" in str(theme)
 
 
@@ -64,8 +66,10 @@ def test_an_inverted_judge_is_refused_naming_the_pairs(tmp_path):
         load_theme(inverted)
     (problem,) = [str(p) for p in caught.value.problems]
     record_figure("inverted judge (word_count on plain)", problem[:120])
-    assert problem.startswith("[judge], field 'function': word_count prefers chosen on 0/24")
+    # the real-model pairs' plain answers are longer too: 1 of 42 is shorter
+    assert problem.startswith("[judge], field 'function': word_count prefers chosen on 1/66")
     assert "example_pairs rows 1, 2, 3" in problem and "heldout_pairs rows 1, 2" in problem
+    assert "real_model_pairs rows 1, 2, 3" in problem and ", 32, 34," in problem
 
 
 def test_parse_judge_names_each_bad_field():
@@ -86,6 +90,15 @@ def test_judges_score_higher_for_the_preference():
     style = Judge("judge_style", "plain", "jargon")
     assert style.score("Think of it like a box.") == 1.0 and style("Formally, it denotes.") == "jargon"
     assert plain.score("") == 0.0
+    # clipped to Flesch's 0-100: one unpunctuated run-on sample cannot swing a prompt's mean
+    import textstat
+
+    run_on = ("canonically the asymptotically bounded construct constitutes a parametric "
+              "mechanism for invariant preservation under heterogeneous compositional "
+              "transformations and denotational interpretations of operational semantics")
+    assert textstat.flesch_reading_ease(run_on) < -50 and plain.score(run_on) == 0.0
+    short = "Go. Go. Go."
+    assert textstat.flesch_reading_ease(short) > 100 and plain.score(short) == 100.0
 
 
 def test_outcome_from_samples_gives_rates_intervals_and_verdict():

@@ -40,17 +40,22 @@ def test_smollm2_loads_as_a_llama_instruct_model_and_knows_paris(smollm2_dir):
 
 @pytest.mark.slow
 def test_the_whole_lab_on_smollm2_learns_without_memorising(tmp_path, smollm2_dir):
-    """`python -m labkit run` on real pretrained weights with the llama-instruct preset:
-    every check passes, the outputs move, the preference generalises to held-out concepts,
-    and the model still models ordinary text."""
+    """`python -m labkit run` on real pretrained weights with the lab's real-model recipe
+    (the llama-instruct preset on notebook 2's pairs plus the theme's real-model pairs):
+    every check passes, the outputs move, what the model writes moves toward the preference
+    beyond the noise, the preference generalises to held-out concepts, and the model still
+    models ordinary text without returning the training texts."""
     run_dir = tmp_path / "run"
     proc, seconds = run_lab_cli(run_dir, str(smollm2_dir), timeout=1800)
     report = json.loads((run_dir / "report.json").read_text())
-    # step 4 passes only when the measured outcome moved beyond the noise (the recipe's job,
-    # docs/models.md); here every step runs, steps 1-3 pass and step 4 reports its outcome
     failed = [(s["step"], s["error"]) for s in report["steps"]
               if s["error"] or (not s["passed"] and s["step"] < 4)]
     assert not failed, f"steps failed on SmolLM2: {failed}\n{proc.stdout[-3000:]}"
+    from labkit.themes import load_theme
+
+    theme = load_theme("plain")
+    meta = json.loads((run_dir / "step2_meta.json").read_text())
+    assert meta["n_pairs"] == len(theme.example_pairs) + len(theme.real_model_pairs)  # 8 + 42
     outcome = artifacts_outcome(run_dir)
     assert outcome["judge"] == "reading_ease" and outcome["k"] == 8
     for side in ("before", "after", "difference"):
@@ -74,10 +79,31 @@ def test_the_whole_lab_on_smollm2_learns_without_memorising(tmp_path, smollm2_di
                   f"{outcome['after']['value']:.1f}, change {outcome['difference']['value']:+.1f} "
                   f"[{outcome['difference']['low']:+.1f}, {outcome['difference']['high']:+.1f}]: "
                   f"{outcome['verdict']}")
+    print("SmolLM2 outcome, reading ease (clipped 0-100), k =", outcome["k"], "x",
+          len(outcome["prompts"]), "prompts:", {side: outcome[side] for side in
+                                                 ("before", "after", "difference")},
+          outcome["verdict"])
+    # the issue's promise on a real model: what it writes moved, beyond the sampling noise
+    assert outcome["verdict"] == "moved toward the preference", outcome
+    assert outcome["difference"]["low"] > 0
+    assert report["passed"], [s for s in report["steps"] if not s["passed"]]  # step 4 too
     assert m["changed_outputs"] >= 1
     assert m["heldout_preference_accuracy"] > 0.5
     assert abs(drift) < 0.15
     assert training["health"]["verdict"] == "healthy", training["health"]
+    # no memorising: no greedy answer after training repeats 6 words in a row of a chosen text
+    text = (run_dir / artifacts.STEP2_PAIRS).read_text(encoding="utf-8")
+    pairs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    runs = set().union(*(word_runs(p["chosen"]) for p in pairs))
+    after = artifacts.load_json(run_dir / artifacts.STEP4_REPORT)["outputs_after"]
+    assert not [text for text in after if word_runs(text) & runs], after
+
+
+def word_runs(text: str, n: int = 6) -> set:
+    import re
+
+    words = re.findall(r"[a-z']+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
 def artifacts_outcome(run_dir) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,8 @@ from labkit import teaching as T
 from labkit.config import preset_for
 from labkit.themes import ThemeError, available, load_theme, theme_name
 from tests.conftest import record_figure, run_lab_cli
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 SHIPPED = ("plain", "concise")
 
@@ -56,12 +59,15 @@ def test_concise_theme_is_a_real_second_theme():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_theme_pairs_fit_the_teaching_model_and_gpt2(name, teaching_tokenizer, gpt2_tokenizer):
-    """Validated with each tokenizer's context (teaching: 96 tokens) and the lab's max_length."""
+    """Validated with each tokenizer's context (teaching: 96 tokens) and the lab's max_length;
+    the real-model pairs against GPT-2's (the teaching model never trains on them)."""
     for tokenizer, kind in ((teaching_tokenizer, "teaching"), (gpt2_tokenizer, "gpt2")):
-        max_length = preset_for(kind == "teaching").max_length
-        theme = load_theme(name, tokenizer=tokenizer, max_length=max_length)
+        teaching = kind == "teaching"
+        max_length = preset_for(teaching).max_length
+        theme = load_theme(name, tokenizer=tokenizer, max_length=max_length, is_teaching=teaching)
         longest = max(len(tokenizer(p["prompt"] + p[k])["input_ids"]) + 1
                       for p in theme.example_pairs + theme.heldout_pairs
+                      + (() if teaching else theme.real_model_pairs)
                       for k in ("chosen", "rejected"))
         record_figure(f"theme {name}, longest pair ({kind} tokenizer)",
                       f"{longest} tokens (limit {min(max_length, tokenizer.model_max_length)})")
@@ -75,19 +81,22 @@ def test_theme_pairs_fit_smollm2(name, smollm2_dir):
     from labkit.config import PRESETS
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    load_theme(name, tokenizer=tokenizer, max_length=PRESETS["llama-instruct"].max_length)
+    theme = load_theme(name, tokenizer=tokenizer, max_length=PRESETS["llama-instruct"].max_length)
+    assert len(theme.real_model_pairs) == (42 if name == "plain" else 0)  # checked there too
 
 
 GOOD = load_theme("concise")
 
 
-def write_theme(tmp_path, body: str, pairs=GOOD.example_pairs, heldout=GOOD.heldout_pairs):
+def write_theme(tmp_path, body: str, pairs=GOOD.example_pairs, heldout=GOOD.heldout_pairs,
+                real=()):
     def table(name, rows):
         return "\n".join(f"[[{name}]]\n" + "".join(f"{k} = {json.dumps(v)}\n"
                                                   for k, v in row.items()) for row in rows)
     path = tmp_path / "mine.toml"
     path.write_text(textwrap.dedent(body) + "\n" + table("example_pairs", pairs) + "\n"
-                    + table("heldout_pairs", heldout), encoding="utf-8")
+                    + table("heldout_pairs", heldout) + "\n" + table("real_model_pairs", real),
+                    encoding="utf-8")
     return path
 
 
@@ -179,6 +188,167 @@ def test_review_pairs_follows_the_themes_judge(teaching):
     assert {r["chosen_style"] for r in review.rows} == {"-"}
     styled = review_pairs(model, tokenizer, GOOD.example_pairs, judge=load_theme("plain").judge)
     assert any("does not read chosen as plain" in p for p in styled.problems)
+
+
+# ----------------------------------------------------------------------------- real-model pairs
+# an instructor's extra pairs for real models, in concise's form (short chosen, long rejected)
+REAL = [
+    {"prompt": "Explain a kettle.\n", "chosen": "A kettle boils water.",
+     "rejected": "A kettle is a vessel, usually electric, that heats the water inside it until "
+                 "it boils, and then it switches itself off so that nothing burns."},
+    {"prompt": "Explain a bicycle.\n", "chosen": "A bicycle is two wheels you pedal.",
+     "rejected": "A bicycle is a vehicle with two wheels held in a frame, driven by pedals that "
+                 "turn a chain, and steered with handlebars by the person riding it."},
+    {"prompt": "Explain a library card.\n", "chosen": "It lets you borrow books.",
+     "rejected": "A library card is a small card, issued by a library to its members, that you "
+                 "show at the desk so that you can borrow books and take them home for a while."},
+    {"prompt": "Explain a map.\n", "chosen": "A map is a drawing of a place.",
+     "rejected": "A map is a drawing, on paper or on a screen, that shows a place from above, "
+                 "with its roads, rivers and towns, so that you can find your way around it."},
+]
+JUDGED = HEADER + """\
+    [judge]
+    function = "word_count"
+    preferred = "short"
+    prompts = ["Explain a kite.\\n"]
+    """
+
+
+def test_an_instructors_theme_may_carry_real_model_pairs(tmp_path):
+    theme = load_theme(write_theme(tmp_path, JUDGED, real=REAL))
+    assert theme.real_model_pairs == tuple(REAL) and GOOD.real_model_pairs == ()
+    (agreement,) = theme.judge_agreements       # the judge reads them too: 10 + 16 + 4 pairs
+    assert (agreement.agree, agreement.n) == (30, 30)
+    assert "4 real-model pairs" in str(theme) and "word_count prefers chosen on 30/30" in str(theme)
+    plain = load_theme("plain")                 # the teaching judge never reads them
+    assert [a.n for a in plain.judge_agreements] == [8 + 16 + 42, 8 + 16]
+
+
+def test_real_model_pairs_are_refused_by_row_and_field(tmp_path):
+    rows = [dict(p) for p in REAL] * 2
+    rows = [dict(p) for p in rows]
+    rows[0]["chosen"] = " "                                  # row 1: empty
+    rows[1]["rejected"] = rows[1]["chosen"]                   # row 2: identical
+    rows[2]["prompt"] = "Explain a graph.\n"                  # row 3: a held prompt
+    rows[3]["prompt"] = "Explain memory allocation.\n"        # row 4: a held-out pair's prompt
+    rows[4]["prompt"] = "Explain a kite.\n"                   # row 5: a judged prompt
+    rows[5]["prompt"] = "Explain a mutex in Go.\n"            # row 6: a held concept, reworded
+    rows[6]["prompt"] = "Explain a kettle."                   # row 7: no newline
+    rows[7]["chosn"] = rows[7].pop("chosen")                  # row 8: a misspelt field
+    found = problems_of(write_theme(tmp_path, JUDGED, real=rows))
+    expected = [
+        "[real_model_pairs], row 1, field 'chosen': is empty",
+        "[real_model_pairs], row 2, field 'rejected': is identical to 'chosen'",
+        "[real_model_pairs], row 3, field 'prompt': is one of the theme's held, held-out or "
+        "judged prompts",
+        "[real_model_pairs], row 4, field 'prompt': is one of the theme's held",
+        "[real_model_pairs], row 5, field 'prompt': is one of the theme's held",
+        "[real_model_pairs], row 6, field 'prompt': names 'a mutex', a concept step 4 evaluates",
+        "[real_model_pairs], row 7, field 'prompt': must end with a newline",
+        "[real_model_pairs], row 8, field 'chosn': unknown field (did you mean 'chosen'?)",
+        "[real_model_pairs], row 8, field 'chosen': missing",
+    ]
+    assert len(found) == len(expected), found
+    for start, problem in zip(expected, found):  # in row order
+        assert problem.startswith(start), (start, found)
+    path = tmp_path / "mine.toml"
+    path.write_text('real_model_pairs = "Explain a kettle."\n' + path.read_text(
+        encoding="utf-8").split("[[real_model_pairs]]")[0], encoding="utf-8")
+    assert problems_of(path) == ["[real_model_pairs]: must be an array of tables: write each "
+                                 "pair under its own [[real_model_pairs]] header"]
+
+
+def test_a_judge_must_agree_with_the_real_model_pairs_too(tmp_path):
+    inverted = [dict(p, chosen=p["rejected"], rejected=p["chosen"]) for p in REAL]
+    (problem,) = problems_of(write_theme(tmp_path, JUDGED, real=inverted))
+    assert problem.startswith("[judge], field 'function': word_count prefers chosen on 26/30 "
+                              "pairs (87%), below the 90 % a judge needs"), problem
+    assert problem.endswith("does not prefer chosen on real_model_pairs rows 1, 2, 3, 4. Pick "
+                            "a judge that reads the preference, or fix those pairs"), problem
+
+
+def test_real_model_pairs_must_fit_a_real_model_not_the_teaching_one(tmp_path, gpt2_tokenizer,
+                                                                     teaching_tokenizer):
+    long = dict(REAL[0], rejected=" ".join(["and then it boils over, so it switches off,"] * 25))
+    path = write_theme(tmp_path, JUDGED, real=[long, *REAL[1:]])
+    with pytest.raises(ThemeError) as caught:
+        load_theme(path, tokenizer=gpt2_tokenizer, max_length=128)
+    (problem,) = [str(p) for p in caught.value.problems]
+    assert problem.startswith("[real_model_pairs], row 1, field 'rejected': prompt + rejected "
+                              "is ") and "max_length is 128" in problem
+    # the teaching model never trains on them: its 96-token context does not apply
+    theme = load_theme(path, tokenizer=teaching_tokenizer, max_length=128, is_teaching=True)
+    assert theme.real_model_pairs[0] == long
+
+
+def test_real_model_pairs_join_a_students_pairs_on_a_real_model_only():
+    theme, own = load_theme("plain"), [dict(p, prompt="Explain a kite.\n") for p in
+                                       load_theme("plain").example_pairs]
+    assert theme.with_real_model_pairs(own, is_teaching=True) == (own, "")
+    pairs, note = theme.with_real_model_pairs(own, is_teaching=False)
+    assert pairs == own + list(theme.real_model_pairs) and len(pairs) == 50
+    assert note.startswith("Added the theme's 42 real-model pairs (rows 9-50) to your 8: on a "
+                           "real model a handful of pairs alone does not change what it "
+                           "writes (docs/models.md)")
+    assert theme.with_real_model_pairs(pairs, is_teaching=False) == (pairs, note)  # re-run
+    assert theme.provided_rows(pairs) == list(range(9, 51))
+    held = theme.real_model_pairs[0]["prompt"]   # a student's own held prompt is never trained on
+    fewer, note = theme.with_real_model_pairs(own, is_teaching=False, held_prompts=[held])
+    assert len(fewer) == 49 and held not in [p["prompt"] for p in fewer]
+    assert note.endswith("; 1 left out: on your held prompts.")
+    assert load_theme("concise").with_real_model_pairs(own, is_teaching=False) == (own, "")
+
+
+def notebook2_cells(*texts: str) -> str:
+    """The source of notebook 2's code cells holding `texts`, in notebook order."""
+    import nbformat
+
+    nb = nbformat.read(str(NOTEBOOKS / "02_preferences.ipynb"), as_version=4)
+    cells = [c.source for c in nb.cells if c.cell_type == "code" and any(t in c.source
+                                                                          for t in texts)]
+    assert len(cells) == len(texts), cells
+    return "\n".join(cells)
+
+
+def test_notebook_2_trains_a_real_model_on_the_real_model_pairs_too(teaching, gpt2_tokenizer,
+                                                                     capsys):
+    """Notebook 2's own cells (the solution's pairs, then the cell after the exercise, which
+    the student version runs too): nothing added on the teaching model; on GPT-2 the theme's
+    42 pairs, with a notice, and all 50 pass the validator with GPT-2's tokenizer."""
+    from dataclasses import replace
+
+    from labkit.data import validate_pairs
+
+    cell = notebook2_cells("with_real_model_pairs")
+    assert "BEGIN SOLUTION" not in cell
+    code = notebook2_cells("### BEGIN SOLUTION\n# new pairs", "with_real_model_pairs")
+    theme, (_, _, info) = load_theme("plain"), teaching
+    on_teaching = dict(theme=theme, info=info, held_prompts=theme.held_prompts)
+    exec(code, on_teaching)
+    assert len(on_teaching["pairs"]) == 8 and capsys.readouterr().out == "8 pairs\n"  # no notice
+    gpt2_info = replace(info, requested="gpt2", resolved="gpt2", is_teaching=False, kind="gpt2")
+    on_gpt2 = dict(theme=theme, info=gpt2_info, held_prompts=theme.held_prompts)
+    exec(code, on_gpt2)
+    assert on_gpt2["pairs"][:8] == on_teaching["pairs"] and len(on_gpt2["pairs"]) == 50
+    assert "Added the theme's 42 real-model pairs" in capsys.readouterr().out
+    dataset = validate_pairs(on_gpt2["pairs"], tokenizer=gpt2_tokenizer,
+                             heldout_prompts=theme.held_prompts + theme.heldout_prompts,
+                             max_length=preset_for(gpt2_info).max_length)
+    assert len(dataset) == 50
+
+
+@pytest.mark.slow
+def test_notebook_2s_review_shows_the_real_model_pairs_against_gpt2s_context(gpt2):
+    """The review table (each row's tokens against the context) on all 50 pairs, on GPT-2."""
+    from labkit.own_words import review_pairs
+
+    model, tokenizer, info = gpt2
+    theme = load_theme("plain")
+    pairs, _ = theme.with_real_model_pairs(theme.example_pairs, info.is_teaching)
+    review = review_pairs(model, tokenizer, pairs, is_teaching=info.is_teaching, judge=theme.judge)
+    assert len(review.rows) == 50 and review.ok, str(review)
+    assert max(r["tokens"] for r in review.rows) <= 54 and str(review).count("/1024") == 51
+    record_figure("notebook 2 review on GPT-2, 8 + 42 pairs", str(review).splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- whole lab

@@ -30,19 +30,23 @@ def judge_for(step1, theme=None):
     return (theme or load_theme()).judge_for(is_teaching)
 
 
-def _pair_rows(run) -> list[dict]:
+def _pair_rows(run, theme=None) -> list[dict]:
+    """The student's own readable pairs (the theme's real-model pairs left out)."""
+    from labkit.themes import load_theme
+
     try:
         rows, _ = Step2Meta.read_pairs(run)
     except Exception:  # noqa: BLE001 - step 2's own items report an unreadable file
         return []
-    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("chosen"), str)
-            and isinstance(r.get("rejected"), str)]
+    provided = set((theme or load_theme()).provided_rows(rows))
+    return [r for i, r in enumerate(rows, start=1) if isinstance(r, dict) and i not in provided
+            and isinstance(r.get("chosen"), str) and isinstance(r.get("rejected"), str)]
 
 
-def swapped_pairs(run, judge) -> tuple[int, int]:
-    """(pairs on which the judge prefers rejected over chosen, pairs judged): a majority
-    means chosen/rejected are swapped against the preference."""
-    rows = _pair_rows(run)
+def swapped_pairs(run, judge, theme=None) -> tuple[int, int]:
+    """(own pairs on which the judge prefers rejected over chosen, own pairs judged): a
+    majority means chosen/rejected are swapped against the preference."""
+    rows = _pair_rows(run, theme)
     return sum(judge.prefers(r["rejected"], r["chosen"]) for r in rows), len(rows)
 
 
@@ -75,24 +79,25 @@ def moved_item(run, rec, step1, theme=None) -> CheckItem:
     if found == MOVED:
         return scored(4, NAME, True, text + " (the interval excludes 0)")
     if found == WRONG_WAY:
-        swapped, judged = swapped_pairs(run, judge)
+        swapped, judged = swapped_pairs(run, judge, theme)
         return scored(4, NAME, False, text + f". Your pairs look swapped: the judge prefers "
                       f"rejected over chosen on {swapped} of {judged}, so DPO trained the "
                       f"opposite of {judge.preferred!r}. Check which answer you put in chosen")
     return scored(4, NAME, False, text + ": the interval contains 0, so the shift cannot be "
-                  "told from sampling noise and earns no points. " + _why_no_change(run, step1))
+                  "told from sampling noise and earns no points. "
+                  + _why_no_change(run, step1, theme))
 
 
 def _interval(e: Estimate) -> str:
     return f"{e.value:+.2f} [{e.low:+.2f}, {e.high:+.2f}]"
 
 
-def _why_no_change(run, step1) -> str:
+def _why_no_change(run, step1, theme=None) -> str:
     model = getattr(step1, "model", None)
     if isinstance(model, dict) and model.get("is_teaching") is True:
         from labkit.own_words import known_words, unknown_words
 
-        vocab, rows = known_words(), _pair_rows(run)
+        vocab, rows = known_words(), _pair_rows(run, theme)
         alien = [r for r in rows if unknown_words(r["chosen"], r["rejected"], vocab=vocab)]
         if alien:
             return (f"{len(alien)} of your {len(rows)} pairs use words the teaching model has "
@@ -102,7 +107,8 @@ def _why_no_change(run, step1) -> str:
         return ("the pairs are in the model's words: check that chosen and rejected differ "
                 "in the preference itself, and that training was healthy (step 3)")
     return ("DPO on a handful of pairs often leaves what a pretrained model writes unchanged "
-            "(docs/models.md): more and more varied pairs, or the model's recipe there, help")
+            "(docs/models.md): notebook 2 adds the theme's real-model pairs for that where the "
+            "theme has them; more, and more varied, pairs help")
 
 
 def worse_item(rec, theme=None) -> CheckItem:

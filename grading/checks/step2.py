@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from labkit.steps import Step1Baseline, Step2Meta, sha256_of
+from labkit.themes.concepts import concept_patterns, named_concepts
 
 from . import bounds
 from .bounds import guarded
@@ -88,32 +89,26 @@ def _leak_item(run, rows, lines, meta, problems, theme=None) -> CheckItem:
 def heldout_concepts(theme=None) -> list[str]:
     """The concepts step 4 keeps for its held-out evaluation: the class theme's held-out
     pairs and judged prompts ("Explain a mutex." -> "a mutex")."""
-    import re
+    return list(concept_patterns(_evaluation_prompts(theme)))
 
+
+def _evaluation_prompts(theme=None) -> list[str]:
     from labkit.themes import load_theme
 
     theme = theme or load_theme()
-    prompts = [*theme.heldout_prompts, *(theme.judge.prompts if theme.judge else ())]
-    concepts = (re.sub(r"^(explain|describe|what is|tell me about) ", "",
-                       " ".join(p.casefold().split()).rstrip(".?!:")) for p in prompts)
-    return list(dict.fromkeys(c for c in concepts if c))
+    return [*theme.heldout_prompts, *(theme.judge.prompts if theme.judge else ())]
 
 
 def heldout_concept_problems(rows, lines=None, theme=None) -> list:
     """Pairs whose prompt names a concept of step 4's held-out evaluation (see
     `heldout_concepts`): training on them would make "held-out" accuracy measure
     memorisation."""
-    import re
-
     from labkit.data import Problem
 
-    patterns = {c: re.compile(r"\b" + re.escape(re.sub(r"^(a|an|the) ", "", c)) + r"s?\b")
-                for c in heldout_concepts(theme)}
+    patterns = concept_patterns(_evaluation_prompts(theme))
     found = []
     for i, row in enumerate(rows):
-        prompt = row.get("prompt") if isinstance(row, dict) else None
-        text = " ".join(prompt.casefold().split()) if isinstance(prompt, str) else ""
-        hits = [c for c, pattern in patterns.items() if pattern.search(text)]
+        hits = named_concepts(row.get("prompt") if isinstance(row, dict) else None, patterns)
         if hits:
             found.append(Problem(i + 1, "prompt", f"uses {hits[0]!r}, a concept step 4 keeps "
                                  "for its held-out evaluation: choose another concept",

@@ -1,6 +1,7 @@
-"""A theme checked against the model it is used with: every example and held-out pair must
-fit that model's context and its training preset's max_length (TRL would otherwise cut or
-drop the row, or training would stop with an IndexError, long after the theme was read).
+"""A theme checked against the model it is used with: every pair that model trains or is
+evaluated on (the real-model pairs too, unless it is the teaching model) must fit its context
+and its training preset's max_length (TRL would otherwise cut or drop the row, or training
+would stop with an IndexError, long after the theme was read).
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ def fit_theme(theme: Theme | str | os.PathLike | None, tokenizer, info) -> Theme
     from ..config import preset_for
 
     source = theme.path if isinstance(theme, Theme) else theme
-    return load_theme(source, tokenizer=tokenizer, max_length=preset_for(info).max_length)
+    return load_theme(source, tokenizer=tokenizer, max_length=preset_for(info).max_length,
+                      is_teaching=info.is_teaching)
 
 
 def theme_for_model(theme: Theme | str | os.PathLike | None, model: str) -> Theme:

@@ -1,6 +1,8 @@
 """Checking a parsed theme file: every problem at once, each with its table, row and field,
 so an instructor fixes a theme in one pass. The pairs go through the same validator as a
-student's pairs; a judge must agree with the theme's own pairs.
+student's pairs; a judge must agree with the theme's own pairs. The real-model pairs join a
+student's training data: none may touch what step 4 evaluates (a held, held-out or judged
+prompt, or its concept in other words).
 """
 from __future__ import annotations
 
@@ -9,14 +11,17 @@ from dataclasses import dataclass
 
 from ..data import MIN_PAIRS, find_problems
 from ..judges import Judge, parse_judge
+from .concepts import concept_patterns, named_concepts
 
 # 16 held-out pairs: one pair then moves the accuracy by 1/16, and its interval means something
 MIN_THEME_PROMPTS, MIN_FAR_PROMPTS, MIN_HELDOUT_PAIRS = 4, 1, 16
 # how far neutral perplexity may grow before step 4 calls a run worse, unless the theme says
 # (a theme whose preference is costly by design, like `concise`, names its own)
 MAX_PERPLEXITY_RATIO = 2.0
+REAL_MODEL_PAIRS = "real_model_pairs"   # optional: added to a student's pairs on real models
+PAIR_TABLES = ("example_pairs", "heldout_pairs", REAL_MODEL_PAIRS)
 KEYS = {"title", "preference", "prompt_format", "max_perplexity_ratio", "held_prompts", "judge",
-        "example_pairs", "heldout_pairs", "student_version"}
+        *PAIR_TABLES, "student_version"}
 # the student package's copy of a theme (labkit.bundle): its example pairs, the solution of
 # exercise 2.1, are left out, and it says so with `student_version = true`
 STUDENT_KEY = "student_version"
@@ -42,8 +47,11 @@ class ThemeProblem:
         return ", ".join(where) + ": " + self.message
 
 
-def find_theme_problems(data: dict, tokenizer=None, max_length=None) -> list[ThemeProblem]:
-    """Every problem in a parsed theme file, in file order."""
+def find_theme_problems(data: dict, tokenizer=None, max_length=None,
+                        is_teaching: bool = False) -> list[ThemeProblem]:
+    """Every problem in a parsed theme file, in file order. The real-model pairs are not
+    measured against the teaching model's tokenizer (`is_teaching`): it never trains on
+    them."""
     problems = [ThemeProblem(None, None, key, "unknown key" + _hint(key, KEYS) + "; a theme has "
                              + ", ".join(sorted(KEYS))) for key in data if key not in KEYS]
     student = data.get(STUDENT_KEY) is True  # no example pairs, by design
@@ -66,15 +74,20 @@ def find_theme_problems(data: dict, tokenizer=None, max_length=None) -> list[The
     if heldout_rows is not None:
         problems += _pair_problems("heldout_pairs", heldout_rows, MIN_HELDOUT_PAIRS, judge,
                                    tokenizer, max_length, ())
+    never = [*(held["theme"] + held["far"] if held_ok else [])]
+    never += [r.get("prompt") for r in heldout_rows or [] if isinstance(r, dict)]
     if example_rows is not None:
-        never = [*(held["theme"] + held["far"] if held_ok else [])]
-        never += [r.get("prompt") for r in heldout_rows or [] if isinstance(r, dict)]
         problems += _pair_problems("example_pairs", example_rows, MIN_PAIRS, judge,
                                    tokenizer, max_length, never)
+    real_rows = _rows(data, REAL_MODEL_PAIRS, problems)
+    if real_rows is not None:
+        problems += _real_model_problems(real_rows, data, judge, never, None if is_teaching
+                                         else tokenizer, max_length)
+    tables = {"example_pairs": example_rows, "heldout_pairs": heldout_rows,
+              **({REAL_MODEL_PAIRS: real_rows} if real_rows is not None else {})}
     if judge is not None and example_rows is not None and heldout_rows is not None and not any(
-            p.table in ("example_pairs", "heldout_pairs") for p in problems):
-        problems += _agreement_problems(judge, {"example_pairs": example_rows,
-                                                "heldout_pairs": heldout_rows})
+            p.table in PAIR_TABLES for p in problems):
+        problems += _agreement_problems(judge, tables)
     return problems
 
 
@@ -132,11 +145,17 @@ def _judge(table) -> tuple[Judge | None, list[ThemeProblem]]:
     return (None if problems else judge), problems
 
 
+def judge_agreements(judge: Judge, tables: dict) -> list:
+    """Each of the judge's functions on the theme's pairs: the teaching model's judge does
+    not read the real-model pairs (that model never trains on them)."""
+    return judge.agreements(tables, any_model_only=(REAL_MODEL_PAIRS,))
+
+
 def _agreement_problems(judge: Judge, tables: dict) -> list[ThemeProblem]:
     """A judge must prefer chosen on MIN_AGREEMENT of the theme's pairs: else it is
     refused, naming the pairs it disagrees on."""
     problems = []
-    for agreement in judge.agreements(tables):
+    for agreement in judge_agreements(judge, tables):
         if agreement.valid:
             continue
         rows = "; ".join(f"{t} rows " + ", ".join(str(r) for tt, r in agreement.disagree if tt == t)
@@ -172,3 +191,23 @@ def _pair_problems(table, rows, least, judge: Judge | None, tokenizer, max_lengt
             problems.append(ThemeProblem(table, i, "prompt", "must end with a newline ('\\n'): "
                                          "its tokens are then a prefix of prompt + answer"))
     return problems
+
+
+def _real_model_problems(rows, data, judge, never, tokenizer, max_length) -> list[ThemeProblem]:
+    """The real-model pairs: valid pairs (as a student's), on no held or held-out prompt, no
+    judged prompt, and no concept of either in other words."""
+    judged = data["judge"].get("prompts") if isinstance(data.get("judge"), dict) else None
+    judged = [p for p in judged if isinstance(p, str)] if isinstance(judged, list) else []
+    problems = [ThemeProblem(REAL_MODEL_PAIRS, p.row, p.field, p.message.replace(
+        "held-out evaluation prompts", "theme's held, held-out or judged prompts"))
+        for p in _pair_problems(REAL_MODEL_PAIRS, rows, 0, judge and judge.for_model(False),
+                                tokenizer, max_length, [*never, *judged])]
+    patterns = concept_patterns(p for p in [*never, *judged] if isinstance(p, str))
+    bad_rows = {p.row for p in problems}
+    for i, row in enumerate(rows, start=1):
+        hits = [] if i in bad_rows else named_concepts(row["prompt"], patterns)
+        if hits:
+            problems.append(ThemeProblem(REAL_MODEL_PAIRS, i, "prompt", f"names {hits[0]!r}, "
+                                         "a concept step 4 evaluates (a held, held-out or "
+                                         "judged prompt's): choose another concept"))
+    return sorted(problems, key=lambda p: p.row or 0)
