@@ -71,22 +71,24 @@ def grade_submission(path, name: str, opts: Options, batch_root, label="") -> Su
                       opts.kernel_settings(), opts.namespaces, account=user).create()
         # the grader's side of the runtime policy: as many threads as each kernel gets, and
         # library logging off so that the progress lines stay readable
+        exercises = None
         try:
             with runtime.threads(opts.threads), runtime.quiet_libraries():
+                work, run_dir = ((plan(path, opts.reference), box.run_dir) if opts.execute
+                                 else plan_existing(path))
+                exercises = start_exercises(work, box)
                 if opts.execute:
-                    work = plan(path, opts.reference)
                     shared = shared_steps(work, opts, batch_root, _warn)  # off the clock
                     result.runs = execute(work, opts, box, time.monotonic(), result.notes,
                                           shared)
-                    run_dir = box.run_dir
-                else:
-                    work, run_dir = plan_existing(path)
                 result.notes[:0] = work.notes
                 graded_run = collect(run_dir, box, opts.model, result.notes)
                 result.reflections = written_answers(work, result.notes)
-                result.steps = grade(work, graded_run, box, opts, result.runs)
+                result.steps = grade(work, graded_run, box, opts, result.runs, exercises)
                 hide_paths(box, result)
         finally:
+            if exercises is not None:
+                exercises.cancel()
             result.isolation = box.isolation()
             box.release()
             if not opts.keep_work:
@@ -133,6 +135,16 @@ def execute(work: Plan, opts: Options, box: Sandbox, start: float, notes: list,
     return runs
 
 
+def start_exercises(work: Plan, box: Sandbox):
+    """Exercises 3.1/3.3 of the submission's notebook 3 (run.student_code.Started): their
+    sandboxed process starts now where it may wait beside the kernels (inside namespaces);
+    the student's code in it runs only when `grade` asks for the verdicts."""
+    from .run.student_code import start_exercises
+
+    notebook3 = work.notebooks.get(3) if 3 in work.graded else None
+    return start_exercises(notebook3, box.start_untrusted, box.root / "extract")
+
+
 def collect(run_dir: Path, box: Sandbox, model: str, notes: list) -> Path:
     """A sanitised copy of the run's artifacts (regular files of the step records only),
     which is all the grade reads. The policy may be at most a few times the base model."""
@@ -145,26 +157,20 @@ def collect(run_dir: Path, box: Sandbox, model: str, notes: list) -> Path:
     return graded_run
 
 
-def grade(work: Plan, graded_run: Path, box: Sandbox, opts: Options, runs: list) -> list:
+def grade(work: Plan, graded_run: Path, box: Sandbox, opts: Options, runs: list,
+          exercises) -> list:
     """The step results: the checks and integrity recomputations against the grader's own
-    base model, and the exercises' code run alone in the sandbox, all within the grading
+    base model, and the `exercises`' code run alone in the sandbox, all within the grading
     time limit. A notebook that stopped explains its step's missing points."""
     from labkit.themes import load_theme
 
     from .checks.integrity import grade_run
     from .checks.policy import base_model
-    from .run.student_code import check_student_loss
-    from .run.student_logps import check_student_logps
 
     base, theme = base_model(opts.model), load_theme(opts.theme)  # off the submission's clock
-    notebook3 = work.notebooks.get(3) if 3 in work.graded else None
     try:
         with time_limit(opts.limits.grading_timeout):
-            exercises = {name: (run(notebook3, box.run_untrusted, box.root / "extract")
-                                if notebook3 else (False, "notebook 3 is not in the submission"))
-                         for name, run in (("student_loss", check_student_loss),
-                                           ("student_logps", check_student_logps))}
-            results = [r for r in grade_run(graded_run, base, exercises, theme)
+            results = [r for r in grade_run(graded_run, base, exercises.verdicts(), theme)
                        if r.step in work.graded]
     except GradingTimeout:
         results = timed_out(work.graded, opts.limits)

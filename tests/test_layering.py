@@ -95,3 +95,13 @@ def test_no_module_over_300_lines():
     long = {str(p.relative_to(ROOT)): n for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > 300}
     assert long == {}
+
+
+def test_the_checks_never_import_the_runners():
+    """grading.checks is what a notebook imports: pure checks, nothing that runs untrusted
+    code (grading.run imports the checks, never the other way round)."""
+    graph = module_graph()
+    offenders = {name: sorted(m for m in deps if m.startswith("grading.run"))
+                 for name, deps in graph.items() if name.startswith("grading.checks")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+    assert any(m.startswith("grading.checks") for m in graph["grading.run.student_code"])

@@ -4,6 +4,7 @@ mistakes fail both the in-notebook self-check and the grader, each with its hint
 reference earns nothing; and the result channel cannot be spoofed by the student's code."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import nbformat
@@ -270,3 +271,152 @@ def test_no_spoof_inside_the_namespace_sandbox_either(tmp_path):
                                      timeout=120, seed=0)
     assert not ok, message
     assert check_student_loss(NB3, box.run_untrusted, box.root / "y", timeout=120)[0]
+
+
+# Both exercises in one sandboxed process (what the auto-grader runs): each keeps its own
+# verdict and message, whatever the other one does.
+LOGPS_LINE = "    return (token_logps * answer).sum(dim=1)"
+LOSS_OK = "matches labkit.dpo.dpo_loss on 4 random batches"
+LOGPS_OK = "matches labkit.dpo.sequence_logps' core on 3 random batches"
+ONE_BROKEN = {  # what happens to compute_sequence_logps -> (its edit, its message's start)
+    "wrong": (LOGPS_LINE.replace("(token_logps * answer).sum(dim=1)",
+                                 "token_logps[:, -1]"), "random batch 1 of 3: "),
+    "raises": ("    raise ValueError('not yet')", "running notebook 3's definitions failed: "
+               "ValueError: not yet"),
+    "hangs": ("    while True:\n        pass", "compute_sequence_logps did not finish within "
+              "8 s"),
+    "kills its process": ("    import os, sys\n    print('about to leave', file=sys.stderr, "
+                          "flush=True)\n    os._exit(3)",
+                          "running notebook 3's definitions failed: about to leave"),
+    "calls the reference": ("    from labkit.dpo import completion_logps\n    return "
+                            "completion_logps(logits, input_ids, attention_mask, "
+                            "prompt_lengths)", "compute_sequence_logps uses "
+                            "labkit.dpo.completion_logps"),
+    "is missing": (None, "notebook 3 has no `def compute_sequence_logps(...)`"),
+}
+
+
+def edited_notebook(tmp_path: Path, loss_body: str = LOSS_BODY, logps=LOGPS_LINE) -> Path:
+    """Notebook 3 with compute_dpo_loss's body and compute_sequence_logps' last line replaced
+    (logps None: without compute_sequence_logps)."""
+    nb = nbformat.read(NB3, as_version=4)
+    loss = next(c for c in nb.cells if "def compute_dpo_loss" in c.source)
+    loss.source = loss.source.replace(LOSS_BODY, loss_body)
+    cell = next(c for c in nb.cells if "def compute_sequence_logps" in c.source)
+    cell.source = "" if logps is None else cell.source.replace(LOGPS_LINE, logps)
+    path = tmp_path / NB3.name
+    nbformat.write(nb, path)
+    return path
+
+
+def counted(calls: list):
+    def run(argv, stdin, cwd, timeout):
+        calls.append(argv)
+        return run_local(argv, stdin, cwd, timeout)
+    return run
+
+
+@pytest.mark.parametrize("what", sorted(ONE_BROKEN))
+def test_one_broken_exercise_costs_the_other_nothing(tmp_path, what):
+    from grading.run.student_code import check_exercises
+
+    edit, message = ONE_BROKEN[what]
+    runs: list = []
+    grades = check_exercises(edited_notebook(tmp_path, logps=edit), counted(runs),
+                             tmp_path / "x", timeout=8)
+    assert grades["student_loss"] == (True, LOSS_OK), grades
+    ok, got = grades["student_logps"]
+    assert not ok and got.startswith(message), got
+    assert len(runs) == 1   # one process; a function the source rules out is not run in it
+    assert ("compute_sequence_logps" in runs[0]) == (
+        what not in ("calls the reference", "is missing"))
+
+
+def test_both_exercises_run_in_one_process_each_on_its_own_verdict(tmp_path):
+    from grading.run.student_code import check_exercises
+
+    runs: list = []
+    assert check_exercises(NB3, counted(runs), tmp_path / "ok", timeout=120) == {
+        "student_loss": (True, LOSS_OK), "student_logps": (True, LOGPS_OK)}
+    assert len(runs) == 1
+    wrong_loss = LOSS_BODY.replace("-F.logsigmoid(chosen_rewards - rejected_rewards).mean()",
+                                   "-F.logsigmoid(chosen_rewards - rejected_rewards).sum()")
+    grades = check_exercises(edited_notebook(tmp_path, wrong_loss), run_local,
+                             tmp_path / "x", timeout=120)
+    assert grades["student_logps"] == (True, LOGPS_OK), grades
+    assert not grades["student_loss"][0] and "MEAN over the batch" in grades["student_loss"][1]
+
+
+def test_no_spoof_when_both_exercises_share_the_process(tmp_path):
+    nb = nbformat.read(NB3, as_version=4)
+    cell = next(c for c in nb.cells if "def compute_dpo_loss" in c.source)
+    cell.source = SPOOF.format(forged=forged_answers(0), exit_after=False)
+    nbformat.write(nb, tmp_path / NB3.name)
+    from grading.run.student_code import check_exercises
+
+    grades = check_exercises(tmp_path / NB3.name, run_local, tmp_path / "x", timeout=120,
+                             seed=0)
+    assert grades["student_loss"][1].startswith("loss differs from the reference"), grades
+    assert grades["student_logps"] == (True, LOGPS_OK), grades
+
+
+LOADED = '''
+import os
+
+def mark(fn):
+    with open(os.path.join(os.environ["HOME"], "definitions-loaded"), "a") as handle:
+        handle.write("x")
+    return fn
+
+@mark
+def helper():
+    pass
+'''
+
+
+def _waiting_pythons(argument: str) -> int:
+    """How many Python processes run with `argument` (not the wrappers that start them),
+    each blocked reading a pipe."""
+    import sys
+
+    found = 0
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+            waiting = "pipe_read" in (entry / "wchan").read_text()
+        except OSError:
+            continue
+        found += argv[0] == sys.executable and argument in argv and waiting
+    return found
+
+
+@pytest.mark.slow
+def test_started_beside_the_kernels_the_students_code_waits_for_its_input(tmp_path):
+    """Inside namespaces the exercises' process starts at once (Python, torch, the forks),
+    but no definition of the student's runs until the verdicts are asked for; a process
+    never asked is stopped by cancel."""
+    from grading.run.sandbox import Sandbox, namespaces_work
+    from grading.run.student_code import start_exercises
+
+    if not namespaces_work():
+        pytest.skip("user namespaces are unavailable here: the process starts at finish")
+    box = Sandbox(tmp_path / "box", "teaching").create()
+    nb = nbformat.read(NB3, as_version=4)
+    cell = next(c for c in nb.cells if "def compute_dpo_loss" in c.source)
+    cell.source += "\n" + LOADED
+    nbformat.write(nb, tmp_path / NB3.name)
+    marker = box.work / "definitions-loaded"
+    started = start_exercises(tmp_path / NB3.name, box.start_untrusted, box.root / "x")
+    module = str(box.root / "x" / "notebook3_definitions.py")
+    for _ in range(600):   # the driver and its two forks, all waiting for their input
+        if _waiting_pythons(module) == 3:
+            break
+        time.sleep(0.2)
+    assert _waiting_pythons(module) == 3 and not marker.exists()
+    assert started.verdicts() == {"student_loss": (True, LOSS_OK),
+                                  "student_logps": (True, LOGPS_OK)}
+    assert marker.read_text() == "xx"   # loaded once in each fork, after the input came
+    idle = start_exercises(tmp_path / NB3.name, box.start_untrusted, box.root / "y")
+    process = idle.process.proc
+    idle.cancel()
+    assert process.returncode is not None and marker.read_text() == "xx"

@@ -3,19 +3,17 @@
 Why: `grading.check(3)` used to leave `student_loss` and `student_logps` to the auto-grader,
 so a notebook could show the exercise's self-check "NOT YET" right above "PASSED 15/15".
 Here the functions the student defined in this kernel get the auto-grader's own random
-cases (`student_code.make_cases`, `student_logps.make_cases`), the same `call`, the same
-comparison and the same rule against calling the reference, so both verdicts agree. The
-student's own kernel runs them: nothing untrusted is involved in grading here.
+cases, the same `call`, the same comparison and the same rule against calling the reference
+(all in `exercise_cases`), so both verdicts agree. The student's own kernel runs them:
+nothing untrusted is involved in grading here.
 """
 from __future__ import annotations
 
 import ast
 import secrets
 
-from ..run import student_code, student_logps
+from .exercise_cases import EXERCISES, KEPT, Exercise, reference_calls
 from .results import CheckItem, CheckResult, scored
-
-EXERCISES = (("student_loss", student_code), ("student_logps", student_logps))
 
 
 def session_source(namespace: dict) -> str:
@@ -26,42 +24,42 @@ def session_source(namespace: dict) -> str:
             tree = ast.parse(cell)
         except (SyntaxError, ValueError, TypeError):
             continue
-        kept += [ast.get_source_segment(cell, n) for n in tree.body
-                 if isinstance(n, student_code.KEPT)]
+        kept += [ast.get_source_segment(cell, n) for n in tree.body if isinstance(n, KEPT)]
     return "\n".join(s for s in kept if s)
 
 
-def exercise_item(name: str, module, namespace: dict, source: str) -> CheckItem:
+def exercise_item(exercise: Exercise, namespace: dict, source: str) -> CheckItem:
     """One exercise's item: the notebook's function on fresh random cases."""
     import torch
 
-    fn = namespace.get(module.FUNCTION)
+    name, function = exercise.item, exercise.function
+    fn = namespace.get(function)
     if not callable(fn):
-        return scored(3, name, False, f"{module.FUNCTION} is not defined in this kernel: run "
+        return scored(3, name, False, f"{function} is not defined in this kernel: run "
                       "its cell, then this one")
-    calls = student_code.reference_calls(source, module.FUNCTION) if source else []
+    calls = reference_calls(source, function) if source else []
     if calls:
-        return scored(3, name, False, f"{module.FUNCTION} calls {', '.join(calls)}: the "
+        return scored(3, name, False, f"{function} calls {', '.join(calls)}: the "
                       "exercise asks you to write it yourself")
     helpers = {"torch": torch}
-    exec(module.CALL, helpers)    # noqa: S102 - the grader's own call(fn, case), as in the fork
-    cases = module.make_cases(secrets.randbelow(1 << 31))
+    exec(exercise.call, helpers)  # noqa: S102 - the grader's own call(fn, case), as in the fork
+    cases = exercise.make_cases(secrets.randbelow(1 << 31))
     try:
         answers = [helpers["call"](fn, case) for case in cases]
     except Exception as exc:  # noqa: BLE001 - the student's code failed: that is the verdict
-        return scored(3, name, False, f"{module.FUNCTION} raised {type(exc).__name__}: {exc}")
-    return scored(3, name, *module.compare_with_reference(cases, answers))
+        return scored(3, name, False, f"{function} raised {type(exc).__name__}: {exc}")
+    return scored(3, name, *exercise.compare(cases, answers))
 
 
 def with_exercises(result: CheckResult, namespace: dict) -> CheckResult:
     """`result` (step 3) with the exercise items scored from this kernel's functions."""
     if result.step != 3 or not result.items or not any(
-            namespace.get(m.FUNCTION) for _, m in EXERCISES):
+            namespace.get(ex.function) for ex in EXERCISES):
         return result
     from .rubric import NOT_DONE_HINTS
 
     source = session_source(namespace)
-    result.add([exercise_item(name, module, namespace, source) for name, module in EXERCISES])
+    result.add([exercise_item(ex, namespace, source) for ex in EXERCISES])
     if not result.passed and not result.hints:
         result.hints.append(NOT_DONE_HINTS[3])
     return result

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from ..checks.report import NotebookRun
-from .sandbox import Sandbox, _kill_group
+from .sandbox import Sandbox
+from .untrusted import kill_group
 
 
 def execute_notebook(path: Path, step: int, *, cell_timeout: float, deadline: float = math.inf,
@@ -85,7 +86,7 @@ def execute_notebook(path: Path, step: int, *, cell_timeout: float, deadline: fl
             log.close()
         for process in kernel:
             if process is not None and process.poll() is None:
-                _kill_group(process)
+                kill_group(process)
         if box:
             box.reap()  # and whatever the kernel left running
     run.seconds = time.monotonic() - start

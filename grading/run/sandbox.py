@@ -18,7 +18,6 @@ import functools
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from .. import REPO
 from .limits import Limits
 from .pids import make_pids_cgroup
 from .sandbox_reads import class_theme_file, hidden
+from .untrusted import Untrusted
 
 SYSTEM_DIRS = {"/", "/usr", "/bin", "/lib", "/lib64", "/etc", "/sbin", "/proc", "/sys", "/dev"}
 
@@ -177,25 +177,14 @@ class Sandbox:
             self.account.kill_all()
 
     def run_untrusted(self, argv, stdin: str, cwd: Path, timeout: float):
-        """(returncode, stdout, stderr, timed_out) of argv in the sandbox; outputs go through
-        files (capped by the file-size limit), never unbounded pipes."""
-        out, err = self.root / "untrusted.out", self.root / "untrusted.err"
-        with open(out, "w") as o, open(err, "w") as e:
-            proc = subprocess.Popen(self.wrap(list(argv)), stdin=subprocess.PIPE, stdout=o,
-                                    stderr=e, cwd=cwd, env=self.env(), text=True,
-                                    start_new_session=True)
-            try:
-                proc.communicate(stdin, timeout=timeout)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                timed_out = True
-            except BaseException:  # e.g. the grading phase's time limit: leave nothing
-                _kill_group(proc)
-                raise
-            finally:
-                self.reap()
-        return proc.returncode, _tail(out), _tail(err), timed_out
+        """(returncode, stdout, stderr, timed_out) of argv in the sandbox; its outputs go
+        through files (capped by the file-size limit), never unbounded pipes."""
+        return Untrusted(self, argv, cwd, early=False).finish(stdin, timeout)
+
+    def start_untrusted(self, argv, cwd: Path) -> Untrusted:
+        """argv in the sandbox, its stdin to come (`finish`): started now inside namespaces,
+        where it may wait beside a kernel, else at `finish` (grading.run.untrusted)."""
+        return Untrusted(self, argv, cwd, early=self.namespaces)
 
 
 def tree_size(folder: Path) -> int:
@@ -212,20 +201,6 @@ def tree_size(folder: Path) -> int:
 
 def _real(path) -> Path:
     return Path(os.path.realpath(path))
-
-
-def _tail(path: Path, limit: int = 1 << 20) -> str:
-    with open(path, "rb") as handle:
-        handle.seek(max(0, path.stat().st_size - limit))
-        return handle.read().decode("utf-8", "replace")
-
-
-def _kill_group(proc) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
 
 
 def _hf_hub_cache() -> Path | None:

@@ -1,19 +1,21 @@
-"""compute_dpo_loss from notebook 3, tested without running the notebook.
+"""The from-scratch exercises of notebook 3 (compute_dpo_loss, compute_sequence_logps),
+tested without running the notebook.
 
 Like LLMs-from-scratch's `import_definitions_from_notebook`: keep only the imports, def/class
 blocks and literal constants of the code cells (via `ast`, so a training cell never runs),
 exec them in a separate, sandboxed process with a timeout (decorators and default arguments
-are still code), feed random tensors chosen here, and compare what comes back with
-`labkit.dpo.dpo_loss` in the grader's own process. The child only reports numbers; it never
-decides the grade.
+are still code), feed random tensors chosen here, and compare what comes back with labkit's
+reference in the grader's own process (grading.checks.exercise_cases). The child only
+reports numbers; it never decides the grade.
 
-The result channel cannot be written by the student's code: the driver forks
-before reading anything; the definitions load in the fork with stdin on /dev/null, stdout
-sent to stderr and no capabilities, and hand their numbers back over a pipe. Only the
-driver's other half, which the student's code never runs in, reads the per-run key from
-stdin (after the fork, so the key is never in the fork's memory) and prints key + numbers.
-The reference is off limits too: a function that calls labkit.dpo or TRL scores 0 (seen in
-the source by `reference_calls`, and those modules cannot be imported in the fork).
+Both exercises run in one sandboxed process (grading/run/exercise_fork.py): it imports
+torch once, then forks once per function, so each keeps its own verdict and message. The
+result channel cannot be written by the student's code: the forks load the definitions
+with stdin on /dev/null, their output on pipes of their own and no capabilities; only the
+driver, which never runs the student's code, reads the per-run key from stdin (after the
+forks, so the key is never in their memory) and prints key + answers. The reference is off
+limits too: a function that calls labkit.dpo or TRL scores 0 (seen in the source by
+`reference_calls`, and those modules cannot be imported in the fork).
 """
 from __future__ import annotations
 
@@ -21,78 +23,22 @@ import ast
 import json
 import re
 import secrets
+import sys
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
-FUNCTION = "compute_dpo_loss"
-KEPT = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-_MAGIC = re.compile(r"^\s*([%!]|\?\w|\w+\?\s*$)")
-# what a from-scratch exercise may not call (the answers live there)
-REFERENCE_MODULES = ("labkit.dpo", "labkit.exercises", "trl")
+from ..checks.exercise_cases import (EXERCISES, KEPT, LOSS_CALL, LOSS_FUNCTION,
+                                     loss_cases, loss_verdict, reference_calls)
 
-# python -c DRIVER <definitions.py> <function>; stdin: "<key>\n<cases JSON>". CALL (per
-# exercise) defines call(fn, case) -> list of numbers (or of lists).
-DRIVER = r"""
-import ast, ctypes, json, os, sys, traceback
-try:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(4, 0, 0, 0, 0)        # PR_SET_DUMPABLE 0: /proc/<pid>/fd, mem, ptrace closed
-except Exception:
-    libc = None
-cases_r, cases_w = os.pipe()
-answers_r, answers_w = os.pipe()
-pid = os.fork()
-if pid == 0:  # the fork that loads the student's code: no way back but answers_w
-    os.close(cases_w); os.close(answers_r)
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-    os.dup2(2, 1)
-    if libc is not None:
-        libc.prctl(38, 1, 0, 0, 0)    # PR_SET_NO_NEW_PRIVS
-        libc.prctl(28, 0x2f, 0, 0, 0) # PR_SET_SECUREBITS: no root magic (inside namespaces)
-        header = (ctypes.c_uint32 * 2)(0x20080522, 0)
-        libc.capset(header, (ctypes.c_uint32 * 6)())   # drop every capability
-    class Blocked:
-        def find_spec(self, name, path=None, target=None):
-            if any(name == m or name.startswith(m + ".") for m in BLOCKED):
-                raise ImportError(f"{name} is the reference: write this function yourself")
-    BLOCKED = ("labkit.dpo", "labkit.exercises", "trl")
-    sys.meta_path.insert(0, Blocked())
-    for name in list(sys.modules):
-        if any(name == m or name.startswith(m + ".") for m in BLOCKED):
-            del sys.modules[name]
-    try:
-        namespace = {"__name__": "student_definitions"}
-        for node in ast.parse(open(sys.argv[1], encoding="utf-8").read()).body:
-            code = compile(ast.Module([node], []), "notebook-3-definitions", "exec")
-            try:
-                exec(code, namespace)
-            except Exception:   # an import the function does not need may fail
-                if not isinstance(node, (ast.Import, ast.ImportFrom)):
-                    raise
-        fn = namespace[sys.argv[2]]
-        with os.fdopen(cases_r, encoding="utf-8") as handle:
-            cases = json.load(handle)
-        import torch
-        CALL
-        reply = {"answers": [call(fn, case) for case in cases]}
-    except BaseException as exc:
-        traceback.print_exc()
-        reply = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-    with os.fdopen(answers_w, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(reply))
-    os._exit(0)
-os.close(cases_r); os.close(answers_w)
-key, _, cases = sys.stdin.read().partition("\n")
-try:
-    with os.fdopen(cases_w, "w", encoding="utf-8") as handle:
-        handle.write(cases)
-except BrokenPipeError:
-    pass
-with os.fdopen(answers_r, "rb") as handle:
-    reply = handle.read(64 << 20).decode("utf-8", "replace")
-os.waitpid(pid, 0)
-print(key + json.dumps(reply), flush=True)
-"""
+# the loss exercise's parts, under the names its callers use
+FUNCTION, CALL = LOSS_FUNCTION, LOSS_CALL
+make_cases, compare_with_reference = loss_cases, loss_verdict
+DRIVER = Path(__file__).with_name("exercise_fork.py").read_text(encoding="utf-8")
+STARTUP = 60  # seconds the sandboxed process may take to start (Python, torch) on top
+_MAGIC = re.compile(r"^\s*([%!]|\?\w|\w+\?\s*$)")
+
 
 def definitions_source(notebook_path: str | Path) -> str:
     """Imports, def/class blocks and literal constants of every code cell, in order, as one
@@ -140,95 +86,146 @@ def _is_constant(node) -> bool:
         return False
 
 
-def make_cases(seed: int = 0) -> list[dict]:
-    """Random summed log-probs (negative, like real ones), several batch sizes and betas;
-    `beta=None` calls the function without beta, to test its default of 0.1. The reference
-    stays within 8 nats of the policy, as in training, so that |margin| <= 32: every
-    correct way of writing the loss (log(sigmoid(x)) included) is exact in float32 there."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    cases = []
-    for batch, beta in ((4, None), (7, 0.5), (1, 0.1), (16, 2.0)):
-        policy = [-(torch.rand(batch, generator=gen) * 40 + 10) for _ in range(2)]
-        ref = [p + (torch.rand(batch, generator=gen) * 2 - 1) * 8 for p in policy]
-        inputs = [t.tolist() for t in (policy[0], policy[1], ref[0], ref[1])]
-        cases.append({"inputs": inputs, "beta": beta})
-    return cases
+def start_exercises(notebook_path, start: Callable, workdir: Path, timeout: float = 60,
+                    seed: int | None = None) -> "Started":
+    """Both exercises, each on its own inputs drawn afresh (`seed` fixes them), in one
+    sandboxed process that `start(argv, cwd)` starts (e.g. `Sandbox.start_untrusted`);
+    `.verdicts()` gives {item: (passed, message)}. Each is judged alone: one that is missing,
+    wrong, calls the reference, fails or runs past `timeout` costs the other nothing.
+    `notebook_path` None: the submission has no notebook 3."""
+    cases = {ex.function: ex.make_cases(secrets.randbelow(1 << 31) if seed is None else seed)
+             for ex in EXERCISES}
+    return Started(notebook_path, {ex.function: (ex.call, cases[ex.function])
+                                   for ex in EXERCISES}, start, workdir, timeout)
 
 
-def compare_with_reference(cases: list[dict], answers) -> tuple[bool, str]:
-    """Check the child's (loss, chosen_rewards, rejected_rewards) against labkit.dpo, with
-    the hint (labkit.exercises) that names a classic mistake."""
-    import torch
-    from labkit.exercises import compare_dpo_loss
-
-    if not isinstance(answers, list) or len(answers) != len(cases):
-        return False, "compute_dpo_loss gave no answer for some inputs"
-    for case, got in zip(cases, answers):
-        inputs = [torch.tensor(v, dtype=torch.float32) for v in case["inputs"]]
-        try:
-            got = [torch.tensor(g, dtype=torch.float64) for g in got]
-        except (TypeError, ValueError, RuntimeError):
-            return False, f"{FUNCTION} returned something that is not numbers"
-        ok, message = compare_dpo_loss(got, *inputs,
-                                       beta=0.1 if case["beta"] is None else case["beta"])
-        if not ok:
-            return False, message
-    return True, f"matches labkit.dpo.dpo_loss on {len(cases)} random batches"
-
-
-CALL = """
-def call(fn, case):
-    args = [torch.tensor(v, dtype=torch.float32) for v in case["inputs"]]
-    res = fn(*args) if case["beta"] is None else fn(*args, beta=case["beta"])
-    res = list(res) if isinstance(res, (tuple, list)) else [res]
-    return [torch.as_tensor(r).detach().double().reshape(-1).tolist() for r in res]
-"""
+def check_exercises(notebook_path: str | Path, run: Callable, workdir: Path,
+                    timeout: float = 60, seed: int | None = None) -> dict[str, tuple[bool, str]]:
+    """{item: (passed, message)} of both exercises, as `start_exercises`, for a
+    `run(argv, stdin, cwd, timeout)` -> (returncode, stdout, stderr, timed_out)."""
+    return start_exercises(notebook_path, partial(Later, run), workdir, timeout,
+                           seed).verdicts()
 
 
 def check_student_loss(notebook_path: str | Path, run: Callable, workdir: Path,
                        timeout: float = 60, seed: int | None = None) -> tuple[bool, str]:
-    """(passed, message). `run(argv, stdin, cwd, timeout)` -> (returncode, stdout, stderr,
-    timed_out) executes untrusted code (the auto-grader passes its sandbox). The inputs are
-    drawn afresh each run (`seed` fixes them), so no answer can be known in advance."""
+    """(passed, message) of exercise 3.1 alone. `run(argv, stdin, cwd, timeout)` ->
+    (returncode, stdout, stderr, timed_out) executes untrusted code (the auto-grader passes
+    its sandbox). The inputs are drawn afresh each run (`seed` fixes them), so no answer
+    can be known in advance."""
     cases = make_cases(secrets.randbelow(1 << 31) if seed is None else seed)  # fresh inputs
-    ok, answers = run_definitions(notebook_path, FUNCTION, CALL, cases, run, workdir, timeout)
-    return compare_with_reference(cases, answers) if ok else (False, answers)
+    answers = run_exercises(notebook_path, {FUNCTION: (CALL, cases)}, run, workdir, timeout)
+    return verdict(compare_with_reference, cases, answers[FUNCTION])
 
 
-def run_definitions(notebook_path, function: str, call: str, cases: list, run: Callable,
-                    workdir: Path, timeout: float):
-    """(True, answers) from `function` of notebook 3's definitions run on `cases` in the
-    sandbox, or (False, why): no such function, it calls the reference, it failed."""
-    import sys
+def verdict(compare: Callable, cases: list, answers: tuple) -> tuple[bool, str]:
+    """(passed, message): the comparison's when the function answered, else why not."""
+    ok, got = answers
+    return compare(cases, got) if ok else (False, got)
 
+
+def run_exercises(notebook_path, calls: dict[str, tuple[str, list]], run: Callable,
+                  workdir: Path, timeout: float) -> dict[str, tuple]:
+    """`Started(...).answers()` for a `run(argv, stdin, cwd, timeout)`."""
+    return Started(notebook_path, calls, partial(Later, run), workdir, timeout).answers()
+
+
+@dataclass
+class Later:
+    """The process of a `run(argv, stdin, cwd, timeout)` as a started one: it runs at
+    `finish` (for runners without a start of their own, e.g. the tests')."""
+
+    run: Callable
+    argv: list
+    cwd: Path
+
+    def finish(self, stdin: str, timeout: float):
+        return self.run(self.argv, stdin, self.cwd, timeout)
+
+    def kill(self) -> None:
+        pass
+
+
+class Started:
+    """Functions of notebook 3's definitions, given as {function: (call source, cases)},
+    their sandboxed process started by `start(argv, cwd)` (where it starts at once, it
+    imports torch, forks and waits: nothing of the student's runs before `answers`, which
+    sends the cases). `cancel` stops it if `answers` never comes."""
+
+    def __init__(self, notebook_path, calls: dict[str, tuple[str, list]], start: Callable,
+                 workdir: Path, timeout: float):
+        self.calls, self.timeout, self.process = calls, timeout, None
+        self.results, source = _ruled_out(notebook_path, list(calls))
+        self.todo = [f for f in calls if f not in self.results]
+        if self.todo:
+            workdir.mkdir(parents=True, exist_ok=True)
+            module = workdir / "notebook3_definitions.py"
+            module.write_text(source, encoding="utf-8")
+            self.process = start([sys.executable, "-s", "-c", DRIVER, str(module),
+                                  f"{timeout:g}", *self.todo], workdir)
+
+    def answers(self) -> dict[str, tuple]:
+        """{function: (True, answers) or (False, why)}; why: no such function, it calls
+        the reference, it failed, it ran past `timeout` seconds."""
+        if self.process is not None:
+            process, self.process = self.process, None
+            key = f"@@RESULT-{secrets.token_hex(16)}@@"  # never in argv, env or the forks
+            specs = {f: {"call": self.calls[f][0], "cases": self.calls[f][1]} for f in self.todo}
+            rc, out, err, timed_out = process.finish(key + "\n" + json.dumps(specs),
+                                                     self.timeout + STARTUP)
+            lines = [line for line in out.splitlines() if line.startswith(key)]
+            reports = _parsed(lines[-1][len(key):]) if lines else None
+            reports = reports if isinstance(reports, dict) else {}
+            self.results.update({f: _answers(f, reports.get(f), err, timed_out, self.timeout)
+                                 for f in self.todo})
+        return {f: self.results[f] for f in self.calls}
+
+    def verdicts(self) -> dict[str, tuple[bool, str]]:
+        """{item: (passed, message)} of the exercises among the functions."""
+        answers = self.answers()
+        return {ex.item: verdict(ex.compare, self.calls[ex.function][1], answers[ex.function])
+                for ex in EXERCISES if ex.function in self.calls}
+
+    def cancel(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+
+
+def _ruled_out(notebook_path, functions: list[str]) -> tuple[dict, str]:
+    """({function: (False, why)} for those not to run, the definitions' source)."""
+    if notebook_path is None:
+        return {f: (False, "notebook 3 is not in the submission") for f in functions}, ""
     try:
         source = definitions_source(notebook_path)
     except Exception as exc:  # a notebook we cannot read is the submission's problem
-        return False, f"notebook 3 cannot be read: {exc}"
-    if not any(isinstance(n, ast.FunctionDef) and n.name == function
-               for n in ast.parse(source).body):
-        return False, f"notebook 3 has no `def {function}(...)` at the top level of a cell"
-    used = reference_calls(source, function)
-    if used:
-        return False, (f"{function} uses {', '.join(used)}: that is the reference this exercise "
-                       "asks you to write yourself (0 points until it is computed from the "
-                       "tensors, e.g. with torch and torch.nn.functional)")
-    workdir.mkdir(parents=True, exist_ok=True)
-    module = workdir / f"notebook3_{function}.py"
-    module.write_text(source, encoding="utf-8")
-    key = f"@@RESULT-{secrets.token_hex(16)}@@"   # never in argv, env or the fork's memory
-    driver = DRIVER.replace("        CALL\n", _indent(call, 8))
-    rc, out, err, timed_out = run([sys.executable, "-c", driver, str(module), function],
-                                  key + "\n" + json.dumps(cases), workdir, timeout)
-    if timed_out:
-        return False, f"{function} did not finish within {timeout:g} s"
-    lines = [l for l in out.splitlines() if l.startswith(key)]
-    try:
-        reply = json.loads(json.loads(lines[-1][len(key):])) if lines else None
-    except (json.JSONDecodeError, TypeError):
+        return {f: (False, f"notebook 3 cannot be read: {exc}") for f in functions}, ""
+    defined = {n.name for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)}
+    results = {}
+    for function in functions:
+        used = reference_calls(source, function) if function in defined else []
+        if function not in defined:
+            results[function] = (False, f"notebook 3 has no `def {function}(...)` at the top "
+                                        "level of a cell")
+        elif used:
+            results[function] = (False, (
+                f"{function} uses {', '.join(used)}: that is the reference this exercise asks "
+                "you to write yourself (0 points until it is computed from the tensors, e.g. "
+                "with torch and torch.nn.functional)"))
+    return results, source
+
+
+def _answers(function: str, report, err: str, timed_out: bool, timeout: float) -> tuple:
+    """(True, answers) or (False, why) from one fork's report (None: the driver gave none,
+    then `err`, the process's stderr, says why)."""
+    late = (False, f"{function} did not finish within {timeout:g} s")
+    if not isinstance(report, dict):
         reply = None
+        if timed_out:
+            return late
+    elif report.get("timed_out"):
+        return late
+    else:
+        err, reply = str(report.get("stderr", "")), _parsed(report.get("reply"))
     if not isinstance(reply, dict):
         tail = (err.strip().splitlines() or ["no output"])[-1]
         return False, f"running notebook 3's definitions failed: {tail[:300]}"
@@ -237,63 +234,8 @@ def run_definitions(notebook_path, function: str, call: str, cases: list, run: C
     return True, reply.get("answers")
 
 
-def _indent(code: str, spaces: int) -> str:
-    return "".join(" " * spaces + line + "\n" for line in code.strip("\n").splitlines())
-
-
-def reference_calls(source: str, function: str) -> list[str]:
-    """Dotted names from REFERENCE_MODULES that `function` (or a top-level def/class it
-    uses, or its decorators) refers to, resolved through the source's imports."""
-    tree = ast.parse(source)
-    defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef,
-                                                           ast.AsyncFunctionDef, ast.ClassDef))}
-    imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
-    origin = {}
-    for node in imports:
-        for alias in node.names:
-            if isinstance(node, ast.Import):
-                bound = alias.asname or alias.name.split(".")[0]
-                origin[bound] = alias.name if alias.asname else bound
-            elif node.module and not node.level:
-                origin[alias.asname or alias.name] = f"{node.module}.{alias.name}"
-    found, seen, todo = [], set(), [function]
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in defs:
-            continue
-        seen.add(name)
-        local = {n.id for n in ast.walk(defs[name]) if isinstance(n, ast.Name)
-                 and isinstance(n.ctx, ast.Store)} | {a.arg for a in ast.walk(defs[name])
-                                                     if isinstance(a, ast.arg)}
-        for node in ast.walk(defs[name]):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [
-                    f"{node.module}.{a.name}" for a in node.names if node.module]
-                found += [m for m in mods if _is_reference(m)]
-            dotted = _dotted(node)
-            if dotted is None:
-                continue
-            root, _, rest = dotted.partition(".")
-            if root in local:  # a local variable that happens to share a name
-                continue
-            todo.append(root)
-            full = origin.get(root, "") + ("." + rest if rest else "")
-            if origin.get(root) and _is_reference(full):
-                found.append(full)
-    return sorted(f for f in set(found)  # labkit.dpo.dpo_loss, not also labkit.dpo
-                  if not any(o.startswith(f + ".") for o in found))
-
-
-def _is_reference(dotted: str) -> bool:
-    return any(dotted == m or dotted.startswith(m + ".") for m in REFERENCE_MODULES)
-
-
-def _dotted(node) -> str | None:
-    """`a.b.c` for a Name/Attribute chain (the outermost one only), else None."""
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if not isinstance(node, ast.Name):
+def _parsed(text):
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError):
         return None
-    return ".".join([node.id, *reversed(parts)])
