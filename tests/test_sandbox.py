@@ -109,6 +109,25 @@ def test_only_the_work_folder_and_a_private_tmp_are_writable(tmp_path):
     assert not Path("/tmp/private.txt").exists() and not (ROOT / "labkit" / "pwned.py").exists()
 
 
+@pytest.mark.parametrize("grader_sets", [None, "ACTIVE"])
+def test_sandboxed_code_waits_passively_unless_the_grader_says_otherwise(tmp_path, monkeypatch,
+                                                                         grader_sets):
+    """OpenMP spin-waiting slows CPU training several-fold beside other work (two jobs,
+    another Slurm job): the student's code gets `labkit run`'s PASSIVE, or the grader's own
+    OMP_WAIT_POLICY, which is configuration and passes the scrubbed environment."""
+    if grader_sets:
+        monkeypatch.setenv("OMP_WAIT_POLICY", grader_sets)
+    else:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    box = Sandbox(tmp_path / "me", "teaching").create()
+    rc, out, err, _ = box.run_untrusted(
+        [sys.executable, "-c", "import os; print(os.environ.get('OMP_WAIT_POLICY'))"], "",
+        box.lab, 60)
+    box.release()
+    assert rc == 0, err
+    assert out.strip() == (grader_sets or "PASSIVE")
+
+
 def test_a_process_swarm_stops_at_the_limit(tmp_path):
     box = Sandbox(tmp_path / "me", "teaching", Limits(processes=40)).create()
     swarm = ("import subprocess\nstarted = 0\nfor _ in range(120):\n    try:\n"

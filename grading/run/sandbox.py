@@ -84,7 +84,10 @@ class Sandbox:
                     LABKIT_MODEL=self.model, LABKIT_RUN_DIR=str(self.run_dir),
                     LABKIT_CACHE=str(cache_dir()), PYTHONPATH=str(REPO),
                     HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
-                    TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+                    TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+                    # as `labkit run`'s kernels: OpenMP's spin-waiting default slows CPU
+                    # training several-fold whenever anything else runs (docs/benchmarks.md)
+                    OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
         if self.threads:
             keep.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         hub = _hf_hub_cache()
