@@ -15,8 +15,9 @@ The hub is off for the whole session (CI has none). Tests marked `gpu` skip with
 Figures worth reading (build seconds, style split...) are printed in a "labkit figures"
 section at the end of the run, with or without `-s`.
 
-`make test` runs the suite on every core with pytest-xdist (`-n auto --dist loadscope`: a
-module's tests stay on one worker, so its module fixtures are built once). What the models
+`make test` runs the suite on every core with pytest-xdist (`-n auto --dist loadgroup`, one
+group per module, see `_group_for_workers`: a module's tests stay on one worker, so its
+module fixtures are built once). What the models
 cost to build is built once for all workers: the labkit cache, the random GPT-2 and the
 teaching model's lab run live in the session's shared folder, each made under a file lock by
 the first worker that needs it (`shared_once`), and read by the others.
