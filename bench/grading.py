@@ -108,10 +108,8 @@ def measure_cache(n: int = 2, log=print) -> dict:
     return {"submissions": n, "jobs": 1, "seconds": seconds, "submissions_per_minute": rate,
             "seconds_per_submission": each,
             "nb3_speedup_per_submission": each[off] / each[warm],
-            "nb3_speedup_warm": rate["notebook 3 only, cache on (warm)"]
-            / rate["notebook 3 only, cache off"],
-            "nb3_speedup_cold": rate["notebook 3 only, cache on (cold)"]
-            / rate["notebook 3 only, cache off"],
+            "nb3_speedup_warm": rate[warm] / rate[off],
+            "nb3_speedup_cold": rate["notebook 3 only, cache on (cold)"] / rate[off],
             "full_on_over_off": rate["full, cache on"] / rate["full, cache off"],
             "load_average": load_average()}
 

@@ -72,10 +72,8 @@ def run_lab(run_dir: Path, model: str | None = None, cell_timeout: int = 900,
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LABKIT_RUN_DIR": str(run_dir), "LABKIT_THEME": theme_used.reference,
-           "LABKIT_MODEL": model, "LABKIT_STATIC_WIDGETS": "1"}  # static: no browser
-    # OpenMP's default spin-waiting made CPU training 2-25x slower whenever anything else
-    # ran on a 2-core machine (docs/benchmarks.md)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+           "LABKIT_MODEL": model, "LABKIT_STATIC_WIDGETS": "1",  # static: no browser
+           "OMP_WAIT_POLICY": runtime.kernel_wait_policy()}
     checks = {1: check_step1, 2: lambda r: check_step2(r, theme=theme_used), 3: check_step3,
               4: lambda r: check_step4(r, theme=theme_used)}
     steps, start = [], time.perf_counter()

@@ -60,6 +60,14 @@ def threads_for(model) -> int | None:
     return 1 if sum(p.numel() for p in model.parameters()) < TINY_MODEL_PARAMETERS else None
 
 
+def kernel_wait_policy() -> str:
+    """OMP_WAIT_POLICY for the notebook kernels a process starts (`labkit run`'s, the
+    grader's sandboxed ones): its own, else PASSIVE. OpenMP's spin-waiting default made CPU
+    training 2-25x slower whenever anything else ran on a 2-core machine
+    (docs/benchmarks.md)."""
+    return os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+
+
 # ----------------------------------------------------------------------------- TF32
 @contextmanager
 def tf32(enabled: bool = True):

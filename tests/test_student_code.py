@@ -242,16 +242,16 @@ def test_the_inputs_are_fresh_each_run():
     from grading.run import student_code
 
     assert make_cases(1) != make_cases(2)
-    seen = []
-    student_code.make_cases, original = (lambda seed: seen.append(seed) or original(seed),
-                                         student_code.make_cases)
+    seen = []   # the seed each run's cases are drawn from
+    student_code.fresh_seed, original = (lambda seed=None: seen.append(original(seed)) or seen[-1],
+                                         student_code.fresh_seed)
     try:
         for _ in range(2):
             check_student_loss(NB3, lambda *a: (1, "", "", False), Path("/nonexistent"), 1)
     except OSError:
         pass
     finally:
-        student_code.make_cases = original
+        student_code.fresh_seed = original
     assert len(seen) == 2 and seen[0] != seen[1]
 
 

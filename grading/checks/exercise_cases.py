@@ -9,6 +9,7 @@ the same rule: a function that calls the reference (`reference_calls`) scores 0.
 from __future__ import annotations
 
 import ast
+import secrets
 from dataclasses import dataclass
 from typing import Callable
 
@@ -129,6 +130,11 @@ def logps_verdict(cases: list[dict], answers) -> tuple[bool, str]:
 LOSS = Exercise("student_loss", LOSS_FUNCTION, LOSS_CALL, loss_cases, loss_verdict)
 LOGPS = Exercise("student_logps", LOGPS_FUNCTION, LOGPS_CALL, logps_cases, logps_verdict)
 EXERCISES = (LOSS, LOGPS)
+
+
+def fresh_seed(seed: int | None = None) -> int:
+    """`seed`, or a new secret one: cases no submission can know in advance."""
+    return secrets.randbelow(1 << 31) if seed is None else seed
 
 
 def reference_calls(source: str, function: str) -> list[str]:

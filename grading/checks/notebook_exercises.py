@@ -10,9 +10,8 @@ nothing untrusted is involved in grading here.
 from __future__ import annotations
 
 import ast
-import secrets
 
-from .exercise_cases import EXERCISES, KEPT, Exercise, reference_calls
+from .exercise_cases import EXERCISES, KEPT, Exercise, fresh_seed, reference_calls
 from .results import CheckItem, CheckResult, scored
 
 
@@ -43,7 +42,7 @@ def exercise_item(exercise: Exercise, namespace: dict, source: str) -> CheckItem
                       "exercise asks you to write it yourself")
     helpers = {"torch": torch}
     exec(exercise.call, helpers)  # noqa: S102 - the grader's own call(fn, case), as in the fork
-    cases = exercise.make_cases(secrets.randbelow(1 << 31))
+    cases = exercise.make_cases(fresh_seed())
     try:
         answers = [helpers["call"](fn, case) for case in cases]
     except Exception as exc:  # noqa: BLE001 - the student's code failed: that is the verdict

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.config import cache_dir
+from labkit.runtime import kernel_wait_policy
 
 from .. import REPO
 from .limits import Limits
@@ -85,9 +86,7 @@ class Sandbox:
                     LABKIT_CACHE=str(cache_dir()), PYTHONPATH=str(REPO),
                     HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
                     TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
-                    # as `labkit run`'s kernels: OpenMP's spin-waiting default slows CPU
-                    # training several-fold whenever anything else runs (docs/benchmarks.md)
-                    OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+                    OMP_WAIT_POLICY=kernel_wait_policy())  # as `labkit run`'s kernels
         if self.threads:
             keep.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         hub = _hf_hub_cache()

@@ -29,8 +29,9 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from ..checks.exercise_cases import (EXERCISES, KEPT, LOSS_CALL, LOSS_FUNCTION,
-                                     loss_cases, loss_verdict, reference_calls)
+from ..checks.exercise_cases import (EXERCISES, KEPT, LOSS, LOSS_CALL, LOSS_FUNCTION,
+                                     Exercise, fresh_seed, loss_cases, loss_verdict,
+                                     reference_calls)
 
 # the loss exercise's parts, under the names its callers use
 FUNCTION, CALL = LOSS_FUNCTION, LOSS_CALL
@@ -93,9 +94,7 @@ def start_exercises(notebook_path, start: Callable, workdir: Path, timeout: floa
     `.verdicts()` gives {item: (passed, message)}. Each is judged alone: one that is missing,
     wrong, calls the reference, fails or runs past `timeout` costs the other nothing.
     `notebook_path` None: the submission has no notebook 3."""
-    cases = {ex.function: ex.make_cases(secrets.randbelow(1 << 31) if seed is None else seed)
-             for ex in EXERCISES}
-    return Started(notebook_path, {ex.function: (ex.call, cases[ex.function])
+    return Started(notebook_path, {ex.function: (ex.call, ex.make_cases(fresh_seed(seed)))
                                    for ex in EXERCISES}, start, workdir, timeout)
 
 
@@ -107,27 +106,28 @@ def check_exercises(notebook_path: str | Path, run: Callable, workdir: Path,
                            seed).verdicts()
 
 
+def check_exercise(exercise: Exercise, notebook_path: str | Path, run: Callable,
+                   workdir: Path, timeout: float = 60,
+                   seed: int | None = None) -> tuple[bool, str]:
+    """(passed, message) of one exercise alone, for a `run(argv, stdin, cwd, timeout)` ->
+    (returncode, stdout, stderr, timed_out) that executes untrusted code (the auto-grader
+    passes its sandbox). The inputs are drawn afresh each run (`seed` fixes them), so no
+    answer can be known in advance."""
+    cases = exercise.make_cases(fresh_seed(seed))
+    return Started(notebook_path, {exercise.function: (exercise.call, cases)},
+                   partial(Later, run), workdir, timeout).verdicts()[exercise.item]
+
+
 def check_student_loss(notebook_path: str | Path, run: Callable, workdir: Path,
                        timeout: float = 60, seed: int | None = None) -> tuple[bool, str]:
-    """(passed, message) of exercise 3.1 alone. `run(argv, stdin, cwd, timeout)` ->
-    (returncode, stdout, stderr, timed_out) executes untrusted code (the auto-grader passes
-    its sandbox). The inputs are drawn afresh each run (`seed` fixes them), so no answer
-    can be known in advance."""
-    cases = make_cases(secrets.randbelow(1 << 31) if seed is None else seed)  # fresh inputs
-    answers = run_exercises(notebook_path, {FUNCTION: (CALL, cases)}, run, workdir, timeout)
-    return verdict(compare_with_reference, cases, answers[FUNCTION])
+    """(passed, message) of exercise 3.1 alone (`check_exercise`)."""
+    return check_exercise(LOSS, notebook_path, run, workdir, timeout, seed)
 
 
 def verdict(compare: Callable, cases: list, answers: tuple) -> tuple[bool, str]:
     """(passed, message): the comparison's when the function answered, else why not."""
     ok, got = answers
     return compare(cases, got) if ok else (False, got)
-
-
-def run_exercises(notebook_path, calls: dict[str, tuple[str, list]], run: Callable,
-                  workdir: Path, timeout: float) -> dict[str, tuple]:
-    """`Started(...).answers()` for a `run(argv, stdin, cwd, timeout)`."""
-    return Started(notebook_path, calls, partial(Later, run), workdir, timeout).answers()
 
 
 @dataclass

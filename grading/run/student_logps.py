@@ -9,12 +9,11 @@ process (`student_code.check_exercises`).
 """
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Callable
 
-from ..checks.exercise_cases import LOGPS_CALL, LOGPS_FUNCTION, logps_cases, logps_verdict
-from .student_code import run_exercises, verdict
+from ..checks.exercise_cases import LOGPS, LOGPS_CALL, LOGPS_FUNCTION, logps_cases, logps_verdict
+from .student_code import check_exercise
 
 # the exercise's parts, under the names its callers use
 FUNCTION, CALL = LOGPS_FUNCTION, LOGPS_CALL
@@ -23,8 +22,6 @@ make_cases, compare_with_reference = logps_cases, logps_verdict
 
 def check_student_logps(notebook_path: str | Path, run: Callable, workdir: Path,
                         timeout: float = 60, seed: int | None = None) -> tuple[bool, str]:
-    """(passed, message). `run(argv, stdin, cwd, timeout)` -> (returncode, stdout, stderr,
-    timed_out), as for `student_code.check_student_loss` (same unspoofable channel)."""
-    cases = make_cases(secrets.randbelow(1 << 31) if seed is None else seed)  # fresh inputs
-    answers = run_exercises(notebook_path, {FUNCTION: (CALL, cases)}, run, workdir, timeout)
-    return verdict(compare_with_reference, cases, answers[FUNCTION])
+    """(passed, message) of exercise 3.3 alone (`student_code.check_exercise`: the same
+    fresh inputs and unspoofable channel as exercise 3.1)."""
+    return check_exercise(LOGPS, notebook_path, run, workdir, timeout, seed)
