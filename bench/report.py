@@ -117,8 +117,8 @@ def _grading_rows(data: dict) -> list[str]:
     gr = _sections(data).get("grading")
     if not gr:
         return []
-    if "submissions_per_minute" not in gr:
-        return [_row("Grading throughput", gr.get("reason", "-"))]
+    if "submissions_per_minute" not in gr:  # e.g. only `bench.grading --cache-only` ran
+        return [_row("Grading throughput", gr.get("reason", "-"))] + _cache_rows(gr)
     rate = gr["submissions_per_minute"]
     return [_row(f"Grading, executed submissions per minute ({gr['submissions']} solution "
                  "copies, teaching model)", f"{_num(rate['1'], '', 2)} at --jobs 1, "

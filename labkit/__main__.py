@@ -53,6 +53,9 @@ def _run(args) -> int:
 
 
 def _release(args) -> int:
+    from .runtime import skip_iri_grammar
+
+    skip_iri_grammar()  # before nbformat: ~1 s of start-up
     from .bundle import BundleError, default_bundle_path, write_bundle
     from .themes import ThemeError
 

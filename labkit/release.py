@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import nbformat
-
 from .bundle import INSTALL_CELL
 from .reflections import MARKER, blank_answer
 
@@ -57,6 +55,8 @@ def strip_solutions(source: str, where: str = "cell") -> str:
 
 def release_notebook(source: Path, target: Path) -> int:
     """Write the student version of one notebook; returns the number of exercises."""
+    import nbformat  # here, not at the top: `python -m grading` imports this module first
+
     nb = nbformat.read(source, as_version=4)
     count = 0
     for index, cell in enumerate(nb.cells):

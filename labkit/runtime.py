@@ -1,4 +1,5 @@
-"""The one runtime policy: torch threads, TF32, warning filters, logging and RNG.
+"""The one runtime policy: torch threads, TF32, warning filters, logging and RNG (and one
+import-time saving for the processes that read notebooks: `skip_iri_grammar`).
 
 Library functions (loading, generation, training helpers) never change these for the rest
 of the process. Entry points do, explicitly: the notebook session (`labkit.session.start`),
@@ -66,6 +67,25 @@ def kernel_wait_policy() -> str:
     training 2-25x slower whenever anything else ran on a 2-core machine
     (docs/benchmarks.md)."""
     return os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# ----------------------------------------------------------------------------- imports
+def skip_iri_grammar() -> None:
+    """Import jsonschema (nbformat's validator) without its optional `iri` format checker.
+    Where `rfc3987-syntax` is installed (jupyter-events asks for `jsonschema[format-nongpl]`),
+    importing jsonschema compiles that package's lark grammar: 0.85-1.5 s measured, in every
+    process that reads a notebook (each `python -m grading`, `labkit run` and Slurm task),
+    for a format nbformat's schemas never use. Call it first thing in such a process; a
+    no-op once jsonschema is imported. Later imports of rfc3987_syntax work as usual."""
+    import sys
+
+    if "jsonschema" in sys.modules or "rfc3987_syntax" in sys.modules:
+        return
+    sys.modules["rfc3987_syntax"] = None  # jsonschema suppresses this ImportError
+    try:
+        import jsonschema  # noqa: F401
+    finally:
+        del sys.modules["rfc3987_syntax"]
 
 
 # ----------------------------------------------------------------------------- TF32

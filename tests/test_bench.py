@@ -164,6 +164,11 @@ def test_cache_rows_show_the_per_submission_ratio_and_skip_other_measurements(tm
     batch = next(line for line in text.splitlines() if "warm cache ÷ no cache" in line)
     assert "1.80×" in batch and "**no**" in batch
 
+    only_cache = {"reason": "only --cache-only ran",
+                  "reference_cache": data["sections"]["grading"]["reference_cache"]}
+    text = report.render_section({**data, "sections": {"grading": only_cache}})
+    assert "only --cache-only ran" in text and "2.20× (22.0 s vs 10.0 s)" in text
+
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "m.json").write_text(json.dumps(data))
     (tmp_path / "results" / "recipes.json").write_text(json.dumps({"before": {}}))

@@ -3,13 +3,18 @@
 and each can be undone."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 from labkit import runtime
 from labkit.config import GenerationSpec
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def process_state() -> dict:
@@ -117,3 +122,47 @@ def test_session_start_then_stop_restores_threads_and_filters(monkeypatch, tmp_p
     session.stop()
     assert torch.get_num_threads() == 3 and list(warnings.filters) == filters
     assert "DPO Lab - step 1" in capsys.readouterr().out
+
+
+def _imported(argv: list[str]) -> set[str]:
+    """The modules a fresh `python -X importtime ARGV...` process imported."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True,
+                          text=True, timeout=120, cwd=str(ROOT))
+    return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+def test_notebooks_still_validate_without_the_iri_grammar(tmp_path):
+    """After skip_iri_grammar, nbformat accepts a lab notebook and still rejects a broken one
+    (its schema never checks the `iri` format), and rfc3987_syntax itself still imports."""
+    code = f"""
+import importlib.util, sys
+from labkit.runtime import skip_iri_grammar
+skip_iri_grammar()
+import nbformat
+assert "jsonschema" in sys.modules and "lark" not in sys.modules
+nb = nbformat.read({str(ROOT / 'notebooks' / '01_baseline.ipynb')!r}, as_version=4)
+nbformat.validate(nb)
+nb.cells[0]["cell_type"] = "no such type"
+try:
+    nbformat.validate(nb)
+except nbformat.ValidationError:
+    print("rejected")
+if importlib.util.find_spec("rfc3987_syntax"):
+    import rfc3987_syntax
+    assert rfc3987_syntax.is_valid_syntax("iri", "https://example.org/\\u00e9")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "rejected"
+
+
+@pytest.mark.parametrize("argv", [["-m", "grading", "--help"],
+                                  ["-m", "grading.runner", "--help"]])
+def test_the_command_lines_skip_the_iri_grammar_before_anything_imports_jsonschema(argv):
+    """The grader and `labkit run` import jsonschema through skip_iri_grammar first: a module
+    that imports nbformat at its top again would compile the grammar in every process."""
+    modules = _imported(argv)
+    assert "jsonschema" in modules
+    assert "lark" not in modules  # the grammar compiler (a blocked import is listed, at 0 s)
