@@ -19,9 +19,9 @@ LAST_TOKEN = ("    last = attention_mask.sum(dim=1) - 2\n"
 
 
 def case_tensors(seed=0):
-    from grading.run.student_logps import make_cases
+    from grading.checks.exercise_cases import logps_cases
 
-    case = make_cases(seed)[1]
+    case = logps_cases(seed)[1]
     return (torch.tensor(case["logits"]), torch.tensor(case["input_ids"]),
             torch.tensor(case["attention_mask"]), torch.tensor(case["prompt_lengths"]))
 

@@ -11,7 +11,8 @@ import nbformat
 import pytest
 import torch
 
-from grading.run.student_code import check_student_loss, make_cases, reference_calls
+from grading.checks.exercise_cases import loss_cases, loss_verdict
+from grading.run.student_code import check_student_loss, reference_calls
 from grading.run.student_logps import check_student_logps
 from tests._runs import run_local
 
@@ -213,7 +214,7 @@ def forged_answers(seed: int = 0) -> list:
     from labkit.dpo import dpo_loss
 
     out = []
-    for case in make_cases(seed):
+    for case in loss_cases(seed):
         inputs = [torch.tensor(v) for v in case["inputs"]]
         res = dpo_loss(*inputs, beta=case["beta"] or 0.1)
         out.append([r.double().reshape(-1).tolist() for r in res])
@@ -233,15 +234,14 @@ def test_code_that_runs_while_the_definitions_load_cannot_spoof_the_result(tmp_p
     assert exit_after or message.startswith("loss differs from the reference"), message
     # and the same answers, returned by the function itself, would have passed
     honest = forged_answers(0)
-    from grading.run.student_code import compare_with_reference
 
-    assert compare_with_reference(make_cases(0), honest)[0]
+    assert loss_verdict(loss_cases(0), honest)[0]
 
 
 def test_the_inputs_are_fresh_each_run():
     from grading.run import student_code
 
-    assert make_cases(1) != make_cases(2)
+    assert loss_cases(1) != loss_cases(2)
     seen = []   # the seed each run's cases are drawn from
     student_code.fresh_seed, original = (lambda seed=None: seen.append(original(seed)) or seen[-1],
                                          student_code.fresh_seed)

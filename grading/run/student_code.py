@@ -29,13 +29,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from ..checks.exercise_cases import (EXERCISES, KEPT, LOSS, LOSS_CALL, LOSS_FUNCTION,
-                                     Exercise, fresh_seed, loss_cases, loss_verdict,
-                                     reference_calls)
+from ..checks.exercise_cases import EXERCISES, KEPT, LOSS, Exercise, fresh_seed, reference_calls
 
-# the loss exercise's parts, under the names its callers use
-FUNCTION, CALL = LOSS_FUNCTION, LOSS_CALL
-make_cases, compare_with_reference = loss_cases, loss_verdict
 DRIVER = Path(__file__).with_name("exercise_fork.py").read_text(encoding="utf-8")
 STARTUP = 60  # seconds the sandboxed process may take to start (Python, torch) on top
 _MAGIC = re.compile(r"^\s*([%!]|\?\w|\w+\?\s*$)")

@@ -12,12 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..checks.exercise_cases import LOGPS, LOGPS_CALL, LOGPS_FUNCTION, logps_cases, logps_verdict
+from ..checks.exercise_cases import LOGPS
 from .student_code import check_exercise
 
-# the exercise's parts, under the names its callers use
-FUNCTION, CALL = LOGPS_FUNCTION, LOGPS_CALL
-make_cases, compare_with_reference = logps_cases, logps_verdict
 
 
 def check_student_logps(notebook_path: str | Path, run: Callable, workdir: Path,
