@@ -132,7 +132,7 @@ def _imported(argv: list[str]) -> set[str]:
             if line.startswith("import time:") and line.count("|") == 2}
 
 
-def test_notebooks_still_validate_without_the_iri_grammar(tmp_path):
+def test_notebooks_still_validate_without_the_iri_grammar():
     """After skip_iri_grammar, nbformat accepts a lab notebook and still rejects a broken one
     (its schema never checks the `iri` format), and rfc3987_syntax itself still imports."""
     code = f"""

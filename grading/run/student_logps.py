@@ -16,7 +16,6 @@ from ..checks.exercise_cases import LOGPS
 from .student_code import check_exercise
 
 
-
 def check_student_logps(notebook_path: str | Path, run: Callable, workdir: Path,
                         timeout: float = 60, seed: int | None = None) -> tuple[bool, str]:
     """(passed, message) of exercise 3.3 alone (`student_code.check_exercise`: the same
