@@ -105,6 +105,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the entry point owns its process
     from labkit import runtime
 
+    runtime.preload_stack()  # torch, transformers, datasets: ~0.6 s cheaper (see there)
     with runtime.quiet_libraries(), runtime.known_warnings_ignored():
         return _main(args)
 
@@ -198,7 +199,9 @@ def run_batch(args, opts: Options, subs: list[tuple[Path, str]]) -> list[dict]:
         import multiprocessing
 
         spawn = multiprocessing.get_context("spawn")  # no fork after torch was imported
-        with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
+        from labkit.runtime import preload_stack
+
+        with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=preload_stack) as pool:
             futures = {pool.submit(grade_submission, path, name, opts, batch_root,
                                    f"[{n}/{total}]"): (n, path, name)
                        for n, (path, name) in enumerate(subs, 1)}

@@ -41,20 +41,39 @@ def compare_outputs(prompts, before, after) -> list[dict]:
             for p, b, a in zip(prompts, before, after)]
 
 
+def heldout_logps(policy, ref, tokenizer, pairs) -> dict[tuple[str, str], torch.Tensor]:
+    """{(who, side): (n,) summed log-probs} of each pair's chosen and rejected answer under the
+    policy (who "policy") and the reference ("ref"), each answer starting where TRL starts it
+    (`paired_with` the pair's other answer). Step 4's accuracy and its loss table both read
+    these four: the forward passes run once."""
+    pairs = list(pairs)
+    prompts = [p["prompt"] for p in pairs]
+    answers = {side: [p[side] for p in pairs] for side in ("chosen", "rejected")}
+    other = {"chosen": "rejected", "rejected": "chosen"}
+    return {(who, side): sequence_logps(model, tokenizer, prompts, answers[side],
+                                        paired_with=answers[other[side]])
+            for who, model in (("policy", policy), ("ref", ref))
+            for side in ("chosen", "rejected")}
+
+
+def preference_accuracy(logps: dict, beta: float = 0.1) -> float:
+    """Fraction of pairs whose implicit reward margin
+    β·[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)] is > 0, from
+    `heldout_logps`' four tensors."""
+    chosen = logps["policy", "chosen"] - logps["ref", "chosen"]
+    rejected = logps["policy", "rejected"] - logps["ref", "rejected"]
+    if chosen.numel() == 0:
+        raise ValueError("preference accuracy needs at least one pair")
+    return float((beta * (chosen - rejected) > 0).float().mean())
+
+
 def heldout_preference_accuracy(policy, ref, tokenizer, pairs, beta: float = 0.1) -> float:
-    """Fraction of held-out pairs (never trained on) whose implicit reward margin
-    β·[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)] is > 0."""
+    """Fraction of held-out pairs (never trained on) whose implicit reward margin is > 0
+    (`preference_accuracy` of `heldout_logps`)."""
     pairs = list(pairs)
     if not pairs:
         raise ValueError("heldout_preference_accuracy needs at least one pair")
-    prompts = [p["prompt"] for p in pairs]
-    margins = torch.zeros(len(pairs))
-    for key, sign in (("chosen", 1.0), ("rejected", -1.0)):
-        texts = [p[key] for p in pairs]
-        ratio = sequence_logps(policy, tokenizer, prompts, texts) - \
-            sequence_logps(ref, tokenizer, prompts, texts)
-        margins += sign * beta * ratio
-    return float((margins > 0).float().mean())
+    return preference_accuracy(heldout_logps(policy, ref, tokenizer, pairs), beta)
 
 
 @torch.no_grad()

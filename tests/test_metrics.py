@@ -11,8 +11,9 @@ import torch
 from labkit import teaching
 from labkit.config import GenerationSpec
 from labkit.generation import generate
-from labkit.metrics import (compare_outputs, heldout_preference_accuracy, mean_kl, perplexity,
-                            word_diff)
+from labkit.dpo import completion_batch, sequence_logps
+from labkit.metrics import (compare_outputs, heldout_logps, heldout_preference_accuracy, mean_kl,
+                            perplexity, preference_accuracy, word_diff)
 from tests._runs import fresh_teaching_model, preset_run  # noqa: F401 (fixture)
 from tests.conftest import record_figure
 
@@ -63,6 +64,34 @@ def test_heldout_accuracy_is_zero_without_training(preset_run):
     assert heldout_preference_accuracy(ref, copy.deepcopy(ref), tokenizer, pairs) == 0.0
     with pytest.raises(ValueError, match="at least one pair"):
         heldout_preference_accuracy(ref, ref, tokenizer, [])
+
+
+def test_heldout_logps_are_the_loss_tables_and_give_the_accuracy(preset_run):
+    """Notebook 4 computes the four held-out log-prob tensors once: they must be exactly what
+    its loss table used to compute (each answer `paired_with` the other, as TRL starts it),
+    and the accuracy read from them must be the metric's, margin sign by margin sign."""
+    pairs = teaching.make_preference_pairs(6, seed=2, concepts=teaching.HELDOUT_CONCEPTS)
+    pairs[0] = {**pairs[0], "prompt": pairs[0]["prompt"].rstrip("\n") + " "}  # ends mid-token
+    policy, ref, tokenizer = preset_run.policy, preset_run.ref, preset_run.tokenizer
+    logps = heldout_logps(policy, ref, tokenizer, pairs)
+    starts = [completion_batch(tokenizer, [p["prompt"]], [p["chosen"]], **paired)["prompt_lengths"]
+              for p in pairs[:1] for paired in ({}, {"paired_with": [p["rejected"]]})]
+    assert not torch.equal(*starts), "the mid-token prompt must start chosen at another token"
+    prompts = [p["prompt"] for p in pairs]
+    chosen, rejected = [p["chosen"] for p in pairs], [p["rejected"] for p in pairs]
+    for who, model in (("policy", policy), ("ref", ref)):
+        for side, texts, others in (("chosen", chosen, rejected), ("rejected", rejected, chosen)):
+            assert torch.equal(logps[who, side],
+                               sequence_logps(model, tokenizer, prompts, texts, paired_with=others))
+    margins = (logps["policy", "chosen"] - logps["ref", "chosen"]) - \
+        (logps["policy", "rejected"] - logps["ref", "rejected"])
+    expected = float((margins > 0).float().mean())
+    assert preference_accuracy(logps, beta=0.1) == expected
+    assert heldout_preference_accuracy(policy, ref, tokenizer, pairs, beta=0.1) == expected
+    flipped = {(w, s): logps[w, {"chosen": "rejected", "rejected": "chosen"}[s]] for w, s in logps}
+    assert preference_accuracy(flipped, beta=0.1) == float((margins < 0).float().mean())
+    with pytest.raises(ValueError, match="at least one pair"):
+        preference_accuracy({k: v[:0] for k, v in logps.items()})
 
 
 # ------------------------------------------------------------------ KL from the reference

@@ -3,6 +3,7 @@
 and each can be undone."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -166,3 +167,55 @@ def test_the_command_lines_skip_the_iri_grammar_before_anything_imports_jsonsche
     modules = _imported(argv)
     assert "jsonschema" in modules
     assert "lark" not in modules  # the grammar compiler (a blocked import is listed, at 0 s)
+
+
+def _run_python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=str(ROOT), env={**os.environ, **env})
+
+
+@pytest.mark.parametrize("collector_on", [True, False])
+def test_preload_stack_imports_with_no_collection_then_freezes(collector_on):
+    """No garbage collection runs while the stack imports, and afterwards the collector is as
+    it was, with the imports' objects frozen (later collections skip them)."""
+    code = f"""
+import gc, sys
+from labkit import runtime
+{'' if collector_on else 'gc.disable()'}
+collections = []
+gc.callbacks.append(lambda phase, info: phase == "start" and collections.append(info))
+runtime.preload_stack()
+assert all(name in sys.modules for name in runtime.STACK), runtime.STACK
+assert collections == [], collections
+assert gc.isenabled() is {collector_on}
+frozen = gc.get_freeze_count()
+runtime.preload_stack()  # again: nothing to import, nothing frozen anew
+assert gc.get_freeze_count() == frozen
+print(frozen)
+"""
+    proc = _run_python(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) > 100_000  # torch + transformers: hundreds of thousands
+
+
+@pytest.mark.parametrize("entry", [
+    "from labkit import session; session.start(1)",
+    "from grading.__main__ import main; main([str(tmp / 'nobody'), '--out', str(tmp / 'out'), "
+    "'--theme', str(tmp / 'no-theme.toml')])",
+    "from grading.runner import main; main(['--run-dir', str(tmp / 'run'), "
+    "'--theme', str(tmp / 'no-theme.toml')])",
+])
+def test_kernels_graders_and_lab_runs_preload_the_stack(entry, tmp_path):
+    """The notebook's first cell, the grader and `labkit run` each import the stack through
+    preload_stack (here they stop early, on a missing theme file, after it)."""
+    code = f"""
+import gc
+from pathlib import Path
+tmp = Path({str(tmp_path)!r})
+assert gc.get_freeze_count() == 0
+{entry}
+print(gc.get_freeze_count())
+"""
+    proc = _run_python(code, LABKIT_MODEL="teaching", LABKIT_RUN_DIR=str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) > 100_000, proc.stdout[-2000:]
