@@ -49,6 +49,13 @@ def sequence_logps(model, tokenizer, prompts, completions, add_eos: bool = True,
     return torch.cat(out)
 
 
+def pair_logps(model, tokenizer, prompts, chosen, rejected) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) summed log-probs of each pair, each answer starting where TRL starts
+    the pair (`paired_with` the other answer)."""
+    return (sequence_logps(model, tokenizer, prompts, chosen, paired_with=rejected),
+            sequence_logps(model, tokenizer, prompts, rejected, paired_with=chosen))
+
+
 def completion_batch(tokenizer, prompts, completions, add_eos: bool = True, *,
                      paired_with=None) -> dict:
     """The right-padded batch `sequence_logps` feeds the model: `input_ids` and
@@ -211,10 +218,8 @@ def crosscheck_with_trl(trainer, n_pairs: int | None = None, loss_fn=dpo_loss,
     else:
         prompts, chosen, rejected = ([tok.decode(ids) for ids in raw[f"{k}_ids"]]
                                      for k in ("prompt", "chosen", "rejected"))
-    ref_c, ref_r = (sequence_logps(ref, tok, prompts, c, paired_with=o)
-                    for c, o in ((chosen, rejected), (rejected, chosen)))
-    pol_c, pol_r = (sequence_logps(policy, tok, prompts, c, paired_with=o)
-                    for c, o in ((chosen, rejected), (rejected, chosen)))
+    ref_c, ref_r = pair_logps(ref, tok, prompts, chosen, rejected)
+    pol_c, pol_r = pair_logps(policy, tok, prompts, chosen, rejected)
     first = next(e for e in trainer.state.log_history if "loss" in e)
     loss0, c0, r0 = loss_fn(ref_c, ref_r, ref_c, ref_r, beta=beta)
     loss1, c1, r1 = loss_fn(pol_c, pol_r, ref_c, ref_r, beta=beta)

@@ -13,7 +13,7 @@ import math
 import torch
 
 from . import runtime
-from .dpo import sequence_logps
+from .dpo import pair_logps
 
 
 def word_diff(before: str, after: str) -> list[tuple[str, str]]:
@@ -48,12 +48,12 @@ def heldout_logps(policy, ref, tokenizer, pairs) -> dict[tuple[str, str], torch.
     these four: the forward passes run once."""
     pairs = list(pairs)
     prompts = [p["prompt"] for p in pairs]
-    answers = {side: [p[side] for p in pairs] for side in ("chosen", "rejected")}
-    other = {"chosen": "rejected", "rejected": "chosen"}
-    return {(who, side): sequence_logps(model, tokenizer, prompts, answers[side],
-                                        paired_with=answers[other[side]])
-            for who, model in (("policy", policy), ("ref", ref))
-            for side in ("chosen", "rejected")}
+    chosen, rejected = [p["chosen"] for p in pairs], [p["rejected"] for p in pairs]
+    logps = {}
+    for who, model in (("policy", policy), ("ref", ref)):
+        logps[who, "chosen"], logps[who, "rejected"] = pair_logps(model, tokenizer, prompts,
+                                                                  chosen, rejected)
+    return logps
 
 
 def preference_accuracy(logps: dict, beta: float = 0.1) -> float:

@@ -116,6 +116,7 @@ def test_session_start_then_stop_restores_threads_and_filters(monkeypatch, tmp_p
 
     monkeypatch.setenv("LABKIT_MODEL", "teaching")
     monkeypatch.setenv("LABKIT_RUN_DIR", str(tmp_path))
+    runtime.preload_stack()  # first imports add the libraries' own filters, which stay
     filters = list(warnings.filters)
     session.start(1)
     session.start(1)  # re-running the first cell does not stack policies
@@ -123,6 +124,11 @@ def test_session_start_then_stop_restores_threads_and_filters(monkeypatch, tmp_p
     session.stop()
     assert torch.get_num_threads() == 3 and list(warnings.filters) == filters
     assert "DPO Lab - step 1" in capsys.readouterr().out
+
+
+def _run_python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=str(ROOT), env={**os.environ, **env})
 
 
 def _imported(argv: list[str]) -> set[str]:
@@ -153,8 +159,7 @@ if importlib.util.find_spec("rfc3987_syntax"):
     import rfc3987_syntax
     assert rfc3987_syntax.is_valid_syntax("iri", "https://example.org/\\u00e9")
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=str(ROOT))
+    proc = _run_python(code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "rejected"
 
@@ -167,11 +172,6 @@ def test_the_command_lines_skip_the_iri_grammar_before_anything_imports_jsonsche
     modules = _imported(argv)
     assert "jsonschema" in modules
     assert "lark" not in modules  # the grammar compiler (a blocked import is listed, at 0 s)
-
-
-def _run_python(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, cwd=str(ROOT), env={**os.environ, **env})
 
 
 @pytest.mark.parametrize("collector_on", [True, False])
