@@ -117,6 +117,22 @@ def test_concurrent_submissions_get_their_own_users(no_namespaces):
     a.stage.remove()
 
 
+def test_gradescopes_sweep_spares_a_submission_being_graded(no_namespaces):
+    """run_autograder's last sweep (kill_students) kills what a finished grader left, and
+    never the kernels of a submission another grader on this machine is grading now."""
+    with unprivileged.account(None, "teaching") as busy:
+        sleeper = subprocess.Popen(busy.drop(["sleep", "60"]))
+        time.sleep(0.2)
+        unprivileged.kill_students()
+        assert sleeper.poll() is None and unprivileged.processes_of(busy.uid) == [sleeper.pid]
+    assert sleeper.wait(timeout=10) == -9  # its own grader's kill, as the slot ends
+    left = subprocess.Popen(busy.drop(["sleep", "60"]))  # as if a grader crashed: slot free
+    time.sleep(0.2)
+    unprivileged.kill_students()
+    assert left.wait(timeout=10) == -9 and unprivileged.processes_of(busy.uid) == []
+    busy.stage.remove()
+
+
 def test_the_batch_refuses_what_every_user_may_read(no_namespaces, open_dir, tmp_path):
     """The grader never changes the instructor's permissions: it says what to close."""
     notebooks = open_dir / "notebooks"

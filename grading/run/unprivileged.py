@@ -111,9 +111,18 @@ class Account:
 
 
 def kill_students(wait: float = 10.0) -> None:
-    """Kill every process of every student user of this machine, and check (LeftBehind)."""
+    """Kill every process of every student user no grader runs as now, and check
+    (LeftBehind). A user whose slot another grader holds is left alone: its submission is
+    being graded (that grader kills its processes when it ends); each slot stays locked
+    while its user is killed, so no grader takes it meanwhile."""
     for entry in pwd.getpwall():
-        if entry.pw_name.startswith(PREFIX) and entry.pw_uid != 0:
+        number = entry.pw_name.removeprefix(PREFIX)
+        if not (entry.pw_name.startswith(PREFIX) and number.isdigit()) or entry.pw_uid == 0:
+            continue
+        handle = _try_slot(_lock_folder(), int(number))
+        if handle is None:
+            continue
+        with handle:
             Account(entry.pw_name, entry.pw_uid, entry.pw_gid, None).kill_all(wait)
 
 
@@ -233,11 +242,8 @@ def _slot():
     """The name of a user no other submission runs as now (an exclusive lock held)."""
     folder = _lock_folder()
     for number in range(1, MAX_SLOTS + 1):
-        handle = open(folder / f"slot-{number}.lock", "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
+        handle = _try_slot(folder, number)
+        if handle is None:
             continue
         try:
             yield f"{PREFIX}{number}"
@@ -245,6 +251,18 @@ def _slot():
             handle.close()  # releases the lock
         return
     raise RuntimeError(f"all {MAX_SLOTS} student users are busy: grade fewer at a time")
+
+
+def _try_slot(folder: Path, number: int):
+    """The open lock file of slot `number`, locked exclusively; None if another holds it.
+    Closing the file releases the lock (so does the holder's death)."""
+    handle = open(folder / f"slot-{number}.lock", "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
 
 
 def _lock_folder() -> Path:
