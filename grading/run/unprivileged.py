@@ -7,7 +7,8 @@ the user on first use, `setup.sh` creates the first on Gradescope).
 One user per concurrent submission, not one for the whole batch: at the end of its
 submission every process of that user is killed (`kill(-1)` as the user: atomic against
 fork), and checked gone before its results are written; with a shared user that would
-kill the other jobs' kernels. A user is reused only once its slot is free again.
+kill the other jobs' kernels. A user is reused only once its slot is free again, and the
+sweep at the end of Gradescope's run (`kill_students`) passes over users whose slot is held.
 """
 from __future__ import annotations
 
