@@ -120,11 +120,9 @@ def kill_students(wait: float = 10.0) -> None:
         number = entry.pw_name.removeprefix(PREFIX)
         if not (entry.pw_name.startswith(PREFIX) and number.isdigit()) or entry.pw_uid == 0:
             continue
-        handle = _try_slot(_lock_folder(), int(number))
-        if handle is None:
-            continue
-        with handle:
-            Account(entry.pw_name, entry.pw_uid, entry.pw_gid, None).kill_all(wait)
+        if (handle := _try_slot(_lock_folder(), int(number))) is not None:
+            with handle:
+                Account(entry.pw_name, entry.pw_uid, entry.pw_gid, None).kill_all(wait)
 
 
 def needed(allow_namespaces: bool = True) -> bool:
