@@ -126,15 +126,15 @@ def test_session_start_then_stop_restores_threads_and_filters(monkeypatch, tmp_p
     assert "DPO Lab - step 1" in capsys.readouterr().out
 
 
-def _run_python(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+def _run_python(*args: str, **env) -> subprocess.CompletedProcess:
+    """A fresh `python ARGS...` in the project root, with `env` on top of this one's."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
                           timeout=300, cwd=str(ROOT), env={**os.environ, **env})
 
 
 def _imported(argv: list[str]) -> set[str]:
     """The modules a fresh `python -X importtime ARGV...` process imported."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True,
-                          text=True, timeout=120, cwd=str(ROOT))
+    proc = _run_python("-X", "importtime", *argv)
     return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
             if line.startswith("import time:") and line.count("|") == 2}
 
@@ -159,7 +159,7 @@ if importlib.util.find_spec("rfc3987_syntax"):
     import rfc3987_syntax
     assert rfc3987_syntax.is_valid_syntax("iri", "https://example.org/\\u00e9")
 """
-    proc = _run_python(code)
+    proc = _run_python("-c", code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "rejected"
 
@@ -193,7 +193,7 @@ runtime.preload_stack()  # again: nothing to import, nothing frozen anew
 assert gc.get_freeze_count() == frozen
 print(frozen)
 """
-    proc = _run_python(code)
+    proc = _run_python("-c", code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.split()[-1]) > 100_000  # torch + transformers: hundreds of thousands
 
@@ -216,6 +216,6 @@ assert gc.get_freeze_count() == 0
 {entry}
 print(gc.get_freeze_count())
 """
-    proc = _run_python(code, LABKIT_MODEL="teaching", LABKIT_RUN_DIR=str(tmp_path / "run"))
+    proc = _run_python("-c", code, LABKIT_MODEL="teaching", LABKIT_RUN_DIR=str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.split()[-1]) > 100_000, proc.stdout[-2000:]

@@ -116,11 +116,12 @@ def kill_students(wait: float = 10.0) -> None:
     (LeftBehind). A user whose slot another grader holds is left alone: its submission is
     being graded (that grader kills its processes when it ends); each slot stays locked
     while its user is killed, so no grader takes it meanwhile."""
+    folder = _lock_folder()
     for entry in pwd.getpwall():
         number = entry.pw_name.removeprefix(PREFIX)
         if not (entry.pw_name.startswith(PREFIX) and number.isdigit()) or entry.pw_uid == 0:
             continue
-        if (handle := _try_slot(_lock_folder(), int(number))) is not None:
+        if (handle := _try_slot(folder, int(number))) is not None:
             with handle:
                 Account(entry.pw_name, entry.pw_uid, entry.pw_gid, None).kill_all(wait)
 
