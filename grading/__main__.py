@@ -143,6 +143,7 @@ def _main(args) -> int:
     except (RuntimeError, OSError) as exc:
         print(f"grading: cannot start: {exc}", file=sys.stderr)
         return 2
+    PartManifest.withdraw(args.out)  # not a finished part again until this run ends
     start = time.monotonic()
     try:
         rows = run_batch(args, opts, subs)

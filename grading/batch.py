@@ -91,6 +91,13 @@ class PartManifest:
         tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, folder / MANIFEST)
 
+    @staticmethod
+    def withdraw(folder: Path) -> None:
+        """A run starting in `folder` first takes back an earlier run's batch.json: should
+        this one stop half-way (killed at a task's time limit), `merge` must refuse the
+        folder, not join the earlier run's grades."""
+        (folder / MANIFEST).unlink(missing_ok=True)
+
     @classmethod
     def read(cls, folder: Path) -> "PartManifest":
         """The part's manifest; ValueError saying what is wrong with it."""

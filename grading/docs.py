@@ -25,6 +25,8 @@ REGENERATE = "python -m grading.docs"
 COMMANDS = (
     ("grading",),
     ("grading", "gradescope"),
+    ("grading", "slurm"),
+    ("grading", "merge"),
     ("labkit",),
     ("labkit", "run"),
     ("labkit", "teaching-model"),

@@ -1,7 +1,8 @@
 """`python -m grading slurm SUBMISSION... --out DIR --tasks N [slurm options] [-- grading
 options]`: grade a class on a Slurm cluster. Writes an `sbatch --array=1-N` script (each
-task runs `python -m grading ... --shard K/N`), submits it, waits for every task, and joins
-the parts with `python -m grading merge` into DIR.
+task runs `python -m grading ... --shard K/N`; never more tasks than submissions), submits
+it, waits for every task (saying how many parts have finished), and joins the parts with
+`python -m grading merge` into DIR. When sbatch refuses the array, it says so and stops.
 
 The work folder (default DIR.slurm/) holds the script (grade.sbatch: read it, or submit it
 yourself with `sbatch grade.sbatch`), the submission list, one part per task (parts/K/)
@@ -85,30 +86,83 @@ def write_script(args: argparse.Namespace) -> Path:
     return script
 
 
+def earlier_run(out: Path, parts: Path) -> str | None:
+    """Why this run would mix with an earlier one's results, or None. Checked before the
+    array is submitted: `merge` would refuse a used --out only after every task ran, and an
+    earlier part that no new task overwrote (a task cancelled) would pass for this run's."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        return f"--out {out} exists and is not empty (an earlier merge?): give a new folder"
+    if parts.is_dir() and any(parts.iterdir()):
+        return (f"{parts} holds the parts of an earlier run (is its array still running? "
+                f"`squeue --me`): remove {parts.parent}, or give another --work")
+    return None
+
+
 def main(argv: list[str]) -> int:
     from .merge import merge_and_say
 
     args = parse_args(argv)
+    clash = earlier_run(args.out, args.work / "parts")
+    if clash:
+        print(f"grading slurm: {clash}; nothing was submitted", file=sys.stderr)
+        return 2
     if shutil.which("sbatch") is None:
         print("grading slurm: sbatch not found: run this on the cluster's login node",
               file=sys.stderr)
         return 2
+    if args.tasks > len(args.submissions):  # a task with no submission only starts up
+        print(f"grading slurm: {args.tasks} tasks for {len(args.submissions)} submission(s): "
+              f"using {len(args.submissions)}, one each", file=sys.stderr)
+        args.tasks = len(args.submissions)
     try:
         script = write_script(args)
     except ValueError as exc:
         print(f"grading slurm: {exc}", file=sys.stderr)
         return 2
-    wait = [] if args.no_wait else ["--wait"]
-    print(f"submitting {script} ({args.tasks} tasks)", file=sys.stderr, flush=True)
-    proc = subprocess.run(["sbatch", "--parsable", *wait, str(script)], text=True,
-                          stdout=subprocess.PIPE)
     parts = [args.work / "parts" / str(k) for k in range(1, args.tasks + 1)]
     merge_cmd = (f"python -m grading merge {' '.join(shlex.quote(str(p)) for p in parts)} "
                  f"--out {shlex.quote(str(args.out))}")
+    print(f"submitting {script} ({args.tasks} tasks)", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(["sbatch", "--parsable", *([] if args.no_wait else ["--wait"]),
+                             str(script)], text=True, stdout=subprocess.PIPE)
+    job = proc.stdout.readline().strip().split(";")[0]  # sbatch prints it on submitting
+    if not job:
+        proc.wait()
+        print(f"grading slurm: sbatch did not submit the array (exit {proc.returncode}; its "
+              f"message is above); nothing runs. The script: {script}", file=sys.stderr)
+        return 2
     if args.no_wait:
-        print(f"job {proc.stdout.strip()}; when it is done: {merge_cmd}", file=sys.stderr)
-        return proc.returncode
-    if proc.returncode != 0:
-        print(f"grading slurm: job {proc.stdout.strip()}: a task failed (sbatch exit "
-              f"{proc.returncode}); see {args.work / 'logs'}", file=sys.stderr)
+        proc.wait()
+        print(f"submitted array job {job}; when it is done: {merge_cmd}", file=sys.stderr)
+        return 0
+    print(f"submitted array job {job}; waiting for its {args.tasks} tasks (logs: "
+          f"{args.work / 'logs'}; Ctrl-C stops waiting, not the job)", file=sys.stderr,
+          flush=True)
+    try:
+        returncode = wait_saying_progress(proc, parts)
+    except KeyboardInterrupt:
+        proc.kill()
+        print(f"\ngrading slurm: stopped waiting; job {job} still runs in Slurm (`scancel "
+              f"{job}` stops it). When it is done: {merge_cmd}", file=sys.stderr)
+        return 130
+    if returncode != 0:
+        print(f"grading slurm: job {job}: a task failed (sbatch exit {returncode}); see "
+              f"{args.work / 'logs'}", file=sys.stderr)
     return merge_and_say(parts, args.out, "grading slurm")
+
+
+def wait_saying_progress(proc: subprocess.Popen, parts: list[Path], every: float = 5.0) -> int:
+    """Wait for `sbatch --wait`, saying how many parts have finished (a part writes its
+    batch.json last) whenever that changes. Returns sbatch's exit status."""
+    said = 0
+    while True:
+        try:
+            returncode = proc.wait(timeout=every)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        done = sum((part / "batch.json").is_file() for part in parts)
+        if done != said:
+            said = done
+            print(f"{done}/{len(parts)} part(s) finished", file=sys.stderr, flush=True)
+        if returncode is not None:
+            return returncode

@@ -5,7 +5,10 @@ belong together, each time saying why. (On a real Slurm cluster: tests/test_slur
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ import pytest
 from grading.__main__ import main as grading_main
 from grading.batch import PartManifest, class_order, parse_shard, select
 from grading.merge import MergeRefused, main as merge_main, merge
+from tests.submissions import craft
 
 NAMES = ["dan", "amy", "eve", "bob", "cat"]
 
@@ -116,6 +120,29 @@ def test_merge_refuses_to_overwrite_or_to_merge_into_a_part(tmp_path, class_dir,
     with pytest.raises(MergeRefused, match="exists and is not empty"):
         merge([p1, p2], tmp_path / "full")
     assert (tmp_path / "full" / "gradebook.csv").read_text() == "kept\n"
+
+
+def test_a_part_graded_again_and_killed_half_way_is_not_merged(tmp_path, class_dir,
+                                                               teaching_dir):
+    """A part graded again into its folder and killed half-way (a Slurm task at its time
+    limit) does not pass for finished with the earlier run's batch.json: merge refuses it."""
+    p1, p2 = part(class_dir, tmp_path / "p1", "1/2"), part(class_dir, tmp_path / "p2", "2/2")
+    notebook = craft.single(1, tmp_path / "again")
+    proc = subprocess.Popen([sys.executable, "-m", "grading", str(notebook), "--out", str(p1),
+                             "--model", "teaching"], stderr=subprocess.PIPE, text=True,
+                            cwd=craft.ROOT, env={**os.environ, "TMPDIR": str(tmp_path),
+                                                             "HF_HUB_OFFLINE": "1"})
+    said = []
+    for line in proc.stderr:  # killed once it grades: its kernel is starting
+        said.append(line)
+        if " start " in line:
+            break
+    proc.kill()
+    proc.wait(timeout=60)
+    assert any(" start " in line for line in said), "".join(said)
+    assert not (p1 / "batch.json").exists()
+    with pytest.raises(MergeRefused, match="no batch.json: not a finished run"):
+        merge([p1, p2], tmp_path / "merged")
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,7 @@ def test_slurm_array_grades_the_class_like_one_process(cluster, tmp_path, teachi
                      for p in sorted((tmp_path / "class.slurm" / "logs").glob("*")))
     assert proc.returncode == 0, f"{proc.stderr[-3000:]}\n{logs[-3000:]}\n{cluster.log_tail()}"
     assert "merged 2 part(s), 4 submission(s)" in proc.stderr
+    assert "submitted array job " in proc.stderr and "2/2 part(s) finished" in proc.stderr
     script = (tmp_path / "class.slurm" / "grade.sbatch").read_text()
     assert "--shard $SLURM_ARRAY_TASK_ID/2" in script
 
@@ -86,3 +88,51 @@ def test_slurm_array_grades_the_class_like_one_process(cluster, tmp_path, teachi
         runs = json.loads((tmp_path / "class" / name / "record.json").read_text())["runs"]
         assert runs[0]["message"] == SHARED_RUN
     figure("slurm array (4 submissions, 2 tasks)", "merged gradebook equals one-process run")
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="needs Slurm's sbatch (slurm-wlm)")
+def test_an_array_sbatch_refuses_is_said_and_nothing_is_merged(tmp_path):
+    """sbatch itself refuses (here: a login node whose slurm.conf is empty): the command says
+    that nothing was submitted, instead of waiting for tasks or merging parts that never ran.
+    More tasks than submissions: one task each."""
+    subs = submissions(tmp_path / "subs")[:2]
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "grading", "slurm", *map(str, subs), "--out",
+                           str(tmp_path / "class"), "--tasks", "5", "--", "--model", "teaching"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "SLURM_CONF": str(conf)})
+    assert proc.returncode == 2, proc.stderr
+    assert "5 tasks for 2 submission(s): using 2, one each" in proc.stderr
+    assert "sbatch did not submit the array (exit 1" in proc.stderr, proc.stderr
+    assert "a task failed" not in proc.stderr and "grading merge" not in proc.stderr
+    assert not (tmp_path / "class").exists()
+    assert "#SBATCH --array=1-2\n" in (tmp_path / "class.slurm" / "grade.sbatch").read_text()
+
+
+def test_a_class_graded_before_is_refused_before_anything_is_submitted(tmp_path):
+    """Run again with a used --out (merge would refuse it only after every task ran), or
+    with an earlier run's parts in the work folder (one no new task overwrote would pass
+    for this run's): refused before sbatch, saying what to do."""
+    subs = submissions(tmp_path / "subs")[:2]
+    out, work = tmp_path / "class", tmp_path / "class.slurm"
+
+    def slurm(*extra):
+        return subprocess.run([sys.executable, "-m", "grading", "slurm", *map(str, subs),
+                               "--out", str(out), "--tasks", "2", *extra], capture_output=True,
+                              text=True, cwd=ROOT, timeout=120)
+
+    out.mkdir()
+    (out / "gradebook.csv").write_text("an earlier class\n")
+    proc = slurm()
+    assert proc.returncode == 2
+    assert f"--out {out} exists and is not empty" in proc.stderr, proc.stderr
+    assert "nothing was submitted" in proc.stderr and not work.exists()
+    (out / "gradebook.csv").unlink()
+    (work / "parts" / "1").mkdir(parents=True)
+    proc = slurm()
+    assert proc.returncode == 2
+    assert f"{work / 'parts'} holds the parts of an earlier run" in proc.stderr, proc.stderr
+    assert f"remove {work}, or give another --work" in proc.stderr
+    assert not (work / "grade.sbatch").exists()
+    assert (work / "parts" / "1").is_dir()  # the earlier parts are left as they were
