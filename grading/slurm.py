@@ -12,6 +12,7 @@ storage), so the reference steps are computed once for the class, not once per t
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import subprocess
@@ -62,9 +63,55 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bad = [f for f in flags if f in {"--out", "--shard"} or f.startswith(("--out=", "--shard="))]
     if bad:
         parser.error(f"{bad[0]} is set by the slurm command for each task; leave it out")
-    args.flags = flags
+    args.flags = absolute_paths(flags)
     args.work = (args.work or args.out.with_name(args.out.name + ".slurm")).resolve()
     return args
+
+
+# The tasks run in the repository (grade.sbatch cds there, so that `python -m grading` is
+# this checkout's), not where the instructor typed the command: a relative path given to
+# them, as an option or in the environment sbatch passes on, is made absolute here.
+PATH_FLAGS = {"--theme", "--model", "--keep-work"}  # theme, model: a name unless it exists
+PATH_ENV = ("LABKIT_THEME", "LABKIT_MODEL", "LABKIT_CACHE", "HF_HOME", "HF_HUB_CACHE")
+
+
+def absolute_paths(flags: list[str]) -> list[str]:
+    """The task's options with each relative path (`--theme my.toml`, `--model=./m`) made
+    absolute; names (`--theme plain`, `--model gpt2`) are left as they are."""
+    out = []
+    for n, flag in enumerate(flags):
+        name, eq, value = flag.partition("=")
+        if eq and name in PATH_FLAGS:
+            out.append(f"{name}={_absolute(name, value)}")
+        elif n and flags[n - 1] in PATH_FLAGS:
+            out.append(_absolute(flags[n - 1], flag))
+        else:
+            out.append(flag)
+    return out
+
+
+def tasks_environment(env: dict) -> dict:
+    """The environment sbatch passes to every task, its relative paths made absolute."""
+    return {**env, **{k: _absolute(k, env[k]) for k in PATH_ENV if env.get(k)}}
+
+
+def class_theme(flags: list[str]):
+    """The tasks' theme (the last --theme after --, else LABKIT_THEME, else the default),
+    loaded here: ThemeError says what is wrong with it before any task starts."""
+    from labkit.themes import load_theme
+
+    given = [v for n, f in enumerate(flags) for v in
+             ([f.partition("=")[2]] if f.startswith("--theme=") else
+              [flags[n + 1]] if f == "--theme" and n + 1 < len(flags) else [])]
+    return load_theme(given[-1] if given else os.environ.get("LABKIT_THEME") or None)
+
+
+def _absolute(name: str, value: str) -> str:
+    must_exist = name in {"--theme", "--model", "LABKIT_THEME", "LABKIT_MODEL"}
+    path = Path(value).expanduser()
+    if path.is_absolute() or (must_exist and not path.exists()):
+        return value
+    return str(path.resolve())
 
 
 def write_script(args: argparse.Namespace) -> Path:
@@ -99,12 +146,19 @@ def earlier_run(out: Path, parts: Path) -> str | None:
 
 
 def main(argv: list[str]) -> int:
+    from labkit.themes import ThemeError
+
     from .merge import merge_and_say
 
     args = parse_args(argv)
     clash = earlier_run(args.out, args.work / "parts")
     if clash:
         print(f"grading slurm: {clash}; nothing was submitted", file=sys.stderr)
+        return 2
+    try:  # a theme that cannot load would stop every task at its start
+        class_theme(args.flags)
+    except ThemeError as exc:
+        print(f"grading slurm: {exc}\nnothing was submitted", file=sys.stderr)
         return 2
     if shutil.which("sbatch") is None:
         print("grading slurm: sbatch not found: run this on the cluster's login node",
@@ -124,7 +178,8 @@ def main(argv: list[str]) -> int:
                  f"--out {shlex.quote(str(args.out))}")
     print(f"submitting {script} ({args.tasks} tasks)", file=sys.stderr, flush=True)
     proc = subprocess.Popen(["sbatch", "--parsable", *([] if args.no_wait else ["--wait"]),
-                             str(script)], text=True, stdout=subprocess.PIPE)
+                             str(script)], text=True, stdout=subprocess.PIPE,
+                            env=tasks_environment(dict(os.environ)))
     job = proc.stdout.readline().strip().split(";")[0]  # sbatch prints it on submitting
     if not job:
         proc.wait()

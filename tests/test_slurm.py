@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from grading.run.reference_cache import SHARED_RUN
+from grading.slurm import absolute_paths, tasks_environment
 from tests.slurm_cluster import Cluster, SlurmUnavailable
 from tests.students.corpus import sub
 from tests.submissions import craft
@@ -59,15 +60,20 @@ def scores(folder: Path) -> dict[str, tuple]:
 @pytest.mark.slow
 def test_slurm_array_grades_the_class_like_one_process(cluster, tmp_path, teaching_dir, figure):
     subs = submissions(tmp_path / "subs")
+    # as an instructor runs it: from the course's folder, with the class's own theme file
+    # given relative to it (the tasks run in the repository: grading slurm resolves it)
+    shutil.copyfile(ROOT / "labkit" / "themes" / "plain.toml", tmp_path / "classtheme.toml")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **cluster.env}
     one = subprocess.run([sys.executable, "-m", "grading", *map(str, subs), "--out",
-                          str(tmp_path / "one"), "--model", "teaching"],
+                          str(tmp_path / "one"), "--model", "teaching", "--theme",
+                          str(tmp_path / "classtheme.toml")],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
     assert one.returncode == 0, one.stderr[-3000:]
     proc = subprocess.run([sys.executable, "-m", "grading", "slurm", *map(str, subs), "--out",
-                           str(tmp_path / "class"), "--tasks", "2", "--cpus-per-task", "1",
-                           "--mem", "4G", "--time", "00:30:00", "--", "--model", "teaching"],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
+                           "class", "--tasks", "2", "--cpus-per-task", "1", "--mem", "4G",
+                           "--time", "00:30:00", "--", "--model", "teaching", "--theme",
+                           "classtheme.toml"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1200)
     logs = "\n".join(p.read_text()
                      for p in sorted((tmp_path / "class.slurm" / "logs").glob("*")))
     assert proc.returncode == 0, f"{proc.stderr[-3000:]}\n{logs[-3000:]}\n{cluster.log_tail()}"
@@ -75,6 +81,7 @@ def test_slurm_array_grades_the_class_like_one_process(cluster, tmp_path, teachi
     assert "submitted array job " in proc.stderr and "2/2 part(s) finished" in proc.stderr
     script = (tmp_path / "class.slurm" / "grade.sbatch").read_text()
     assert "--shard $SLURM_ARRAY_TASK_ID/2" in script
+    assert f"--theme {tmp_path / 'classtheme.toml'}" in script
 
     merged, alone = scores(tmp_path / "class"), scores(tmp_path / "one")
     assert merged == alone
@@ -111,9 +118,10 @@ def test_an_array_sbatch_refuses_is_said_and_nothing_is_merged(tmp_path):
 
 
 def test_a_class_graded_before_is_refused_before_anything_is_submitted(tmp_path):
-    """Run again with a used --out (merge would refuse it only after every task ran), or
-    with an earlier run's parts in the work folder (one no new task overwrote would pass
-    for this run's): refused before sbatch, saying what to do."""
+    """Run again with a used --out (merge would refuse it only after every task ran), with
+    a theme that does not load (every task would stop at its start), or with an earlier
+    run's parts in the work folder (one no new task overwrote would pass for this run's):
+    refused before sbatch, saying what to do."""
     subs = submissions(tmp_path / "subs")[:2]
     out, work = tmp_path / "class", tmp_path / "class.slurm"
 
@@ -129,6 +137,11 @@ def test_a_class_graded_before_is_refused_before_anything_is_submitted(tmp_path)
     assert f"--out {out} exists and is not empty" in proc.stderr, proc.stderr
     assert "nothing was submitted" in proc.stderr and not work.exists()
     (out / "gradebook.csv").unlink()
+    proc = slurm("--", "--theme", "classthemes.toml")  # a typo: every task would stop
+    assert proc.returncode == 2
+    assert "problem(s) in theme classthemes.toml" in proc.stderr, proc.stderr
+    assert "file not found" in proc.stderr and "nothing was submitted" in proc.stderr
+    assert not work.exists()
     (work / "parts" / "1").mkdir(parents=True)
     proc = slurm()
     assert proc.returncode == 2
@@ -136,3 +149,23 @@ def test_a_class_graded_before_is_refused_before_anything_is_submitted(tmp_path)
     assert f"remove {work}, or give another --work" in proc.stderr
     assert not (work / "grade.sbatch").exists()
     assert (work / "parts" / "1").is_dir()  # the earlier parts are left as they were
+
+
+def test_relative_paths_reach_the_tasks_absolute_and_names_stay_names(tmp_path, monkeypatch):
+    """The tasks run in the repository: a path relative to where the instructor typed the
+    command (an option after --, or in the environment sbatch passes on) is made absolute;
+    a theme or model name, or one that is no file here, is left to the grader's lookup."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.toml").write_text("")
+    (tmp_path / "model").mkdir()
+    flags = ["--model", "model", "--theme=mine.toml", "--keep-work", "kept", "--jobs", "2",
+             "--theme", "plain", "--model=gpt2", "--theme", "nowhere.toml"]
+    assert absolute_paths(flags) == [
+        "--model", str(tmp_path / "model"), f"--theme={tmp_path / 'mine.toml'}",
+        "--keep-work", str(tmp_path / "kept"), "--jobs", "2", "--theme", "plain",
+        "--model=gpt2", "--theme", "nowhere.toml"]
+    env = tasks_environment({"LABKIT_THEME": "mine.toml", "LABKIT_MODEL": "gpt2",
+                             "LABKIT_CACHE": "cache", "HF_HOME": "/shared/hf", "PATH": "bin"})
+    assert env == {"LABKIT_THEME": str(tmp_path / "mine.toml"), "LABKIT_MODEL": "gpt2",
+                   "LABKIT_CACHE": str(tmp_path / "cache"), "HF_HOME": "/shared/hf",
+                   "PATH": "bin"}
