@@ -104,7 +104,7 @@ def merge(folders: list[Path], out: Path) -> list[dict]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m grading merge",
-                                     description=__doc__.split("\n")[0])
+                                     description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("parts", nargs="+", type=Path, metavar="DIR",
                         help=f"a part's --out folder (with its {MANIFEST})")
     parser.add_argument("--out", required=True, type=Path, help="the merged class folder")

@@ -135,7 +135,8 @@ def main(argv=None) -> int:
     """`python -m grading.runner` (what `python -m labkit run` runs)."""
     runtime.skip_iri_grammar()  # before nbformat: ~1 s of start-up
     runtime.preload_stack()     # torch, transformers, datasets: ~0.6 s cheaper
-    parser = argparse.ArgumentParser(prog="python -m labkit run", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m labkit run", description=" ".join(
+        __doc__.split("\n\n")[0].split()))
     add_run_arguments(parser)
     args = parser.parse_args(argv)
     try:

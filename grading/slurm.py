@@ -42,9 +42,9 @@ exec {python} -m grading "${{submissions[@]}}" --out {work}/parts/$SLURM_ARRAY_T
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ours, flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv \
         else (argv, [])
-    parser = argparse.ArgumentParser(prog="python -m grading slurm", description=__doc__
-                                     .split("\n")[0], epilog="Options after -- go to each "
-                                     "task's `python -m grading` (e.g. -- --model teaching)")
+    parser = argparse.ArgumentParser(prog="python -m grading slurm", description=" ".join(
+        __doc__.split("\n\n")[0].split()), epilog="Options after -- go to each task's "
+        "`python -m grading` (e.g. -- --model teaching)")
     parser.add_argument("submissions", nargs="+", type=Path, metavar="SUBMISSION")
     parser.add_argument("--out", required=True, type=Path, help="the merged class folder")
     parser.add_argument("--tasks", required=True, type=int, help="array tasks (parts)")
