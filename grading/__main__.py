@@ -97,10 +97,14 @@ def main(argv=None) -> int:
         from . import gradescope
 
         return gradescope.main(argv[1:])
-    if argv[:1] in (["merge"], ["slurm"]):  # join parts; grade a class through Slurm
-        from . import merge, slurm
+    if argv[:1] == ["merge"]:  # join the parts of a class
+        from . import merge
 
-        return {"merge": merge.main, "slurm": slurm.main}[argv[0]](argv[1:])
+        return merge.main(argv[1:])
+    if argv[:1] == ["slurm"]:  # a class through Slurm: its tasks' options parse as here
+        from . import slurm
+
+        return slurm.main(argv[1:], task_options=parse_args)
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the entry point owns its process
     from labkit import runtime
@@ -118,6 +122,13 @@ def _main(args) -> int:
         theme = load_theme(opts.theme)
         args.out.mkdir(parents=True, exist_ok=True, mode=0o750)  # never others'
         model = prepare_model(args.model, args.jobs)
+        if model != args.model:  # offline, or a typo: said, and the manifest records it
+            from .checks.policy import base_model
+
+            print(f"grading: warning: the model {args.model!r} could not be loaded "
+                  f"({base_model(args.model)[2].reason}); grading with {model!r} instead. "
+                  "Parts graded on another model do not merge with this one",
+                  file=sys.stderr)
         theme = fitted_theme(theme, args.model)  # every pair fits the class's model
     except ThemeError as exc:
         print(f"grading: cannot start: {exc}", file=sys.stderr)
@@ -151,7 +162,7 @@ def _main(args) -> int:
         if opts.stage is not None:
             opts.stage.remove()
     write_gradebook(args.out / "gradebook.csv", rows)
-    PartManifest(opts.model, theme_id(opts.theme), rubric_version(), args.shard or (1, 1),
+    PartManifest(model, theme_id(opts.theme), rubric_version(), args.shard or (1, 1),
                  tuple(sorted(n for _, n in whole)), tuple(n for _, n in subs)).write(args.out)
     print(f"graded {len(rows)} submission(s) in {time.monotonic() - start:.1f} s -> "
           f"{args.out / 'gradebook.csv'}", file=sys.stderr)

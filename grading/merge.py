@@ -66,6 +66,9 @@ def merge(folders: list[Path], out: Path) -> list[dict]:
         raise MergeRefused("no parts given")
     parts = {}
     for folder in folders:
+        if not Path(folder).is_dir():
+            raise MergeRefused(f"{folder}: no such folder (a typo, or a pattern that matched "
+                               "nothing?)")
         try:
             parts[Path(folder)] = PartManifest.read(Path(folder))
         except ValueError as exc:
@@ -74,6 +77,12 @@ def merge(folders: list[Path], out: Path) -> list[dict]:
         raise MergeRefused("a part was given twice: give each part once")
     if any(out.resolve() == p.resolve() for p in parts):
         raise MergeRefused(f"--out {out} is one of the parts: merge into a new folder")
+    inside = next((p for p in parts if p.resolve() in out.resolve().parents), None)
+    if inside:
+        raise MergeRefused(f"--out {out} is inside the part {inside}: merge into a new "
+                           "folder outside the parts")
+    if out.exists() and not out.is_dir():
+        raise MergeRefused(f"--out {out} exists and is not a folder: merge into a new folder")
     if out.exists() and any(out.iterdir()):
         raise MergeRefused(f"--out {out} exists and is not empty: merge into a new folder")
     names = check_parts(parts)

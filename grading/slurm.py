@@ -32,7 +32,7 @@ SCRIPT = """\
 #SBATCH --mem={mem}
 #SBATCH --time={time}
 {extra}set -euo pipefail
-cd {repo}
+{exports}cd {repo}
 mapfile -t submissions < {work}/submissions.txt
 exec {python} -m grading "${{submissions[@]}}" --out {work}/parts/$SLURM_ARRAY_TASK_ID \\
     --shard $SLURM_ARRAY_TASK_ID/{tasks} {flags}
@@ -57,14 +57,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="one more #SBATCH line, e.g. --sbatch-arg=--account=cs123")
     parser.add_argument("--no-wait", action="store_true",
                         help="submit and return; merge later with `python -m grading merge`")
-    args = parser.parse_args(ours)
+    args, unknown = parser.parse_known_args(ours)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (options of `python -m "
+                     "grading`, such as --model or --theme, go after --: ... -- --model gpt2)")
     if args.tasks < 1:
         parser.error("--tasks must be at least 1")
     bad = [f for f in flags if f in {"--out", "--shard"} or f.startswith(("--out=", "--shard="))]
     if bad:
         parser.error(f"{bad[0]} is set by the slurm command for each task; leave it out")
     args.flags = absolute_paths(flags)
+    args.out = args.out.resolve()
     args.work = (args.work or args.out.with_name(args.out.name + ".slurm")).resolve()
+    if args.work == args.out or args.out in args.work.parents:
+        parser.error(f"--work {args.work} is inside --out {args.out}, which the merge must "
+                     "find empty: give a --work outside it")
     return args
 
 
@@ -90,8 +97,9 @@ def absolute_paths(flags: list[str]) -> list[str]:
     return out
 
 
-def tasks_environment(env: dict) -> dict:
-    """The environment sbatch passes to every task, its relative paths made absolute."""
+def tasks_environment(env) -> dict:
+    """The environment sbatch passes to every task, its relative paths made absolute
+    (grade.sbatch exports them too: a task resubmitted by hand from elsewhere sees them)."""
     return {**env, **{k: _absolute(k, env[k]) for k in PATH_ENV if env.get(k)}}
 
 
@@ -126,39 +134,56 @@ def write_script(args: argparse.Namespace) -> Path:
     extra = [f"--partition={args.partition}"] if args.partition else []
     script = args.work / "grade.sbatch"
     script.write_text(SCRIPT.format(
-        tasks=args.tasks, work=shlex.quote(str(args.work)), name="grading", cpus=args.cpus_per_task,
+        tasks=args.tasks, work=shlex.quote(str(args.work)), name=f"grading-{args.out.name}",
+        cpus=args.cpus_per_task, exports="".join(
+            f"export {k}={shlex.quote(v)}\n" for k, v in tasks_environment(os.environ).items()
+            if k in PATH_ENV),
         mem=args.mem, time=args.time, repo=shlex.quote(str(REPO)),
         python=shlex.quote(sys.executable), flags=" ".join(map(shlex.quote, args.flags)),
         extra="".join(f"#SBATCH {a}\n" for a in extra + args.sbatch_arg)), encoding="utf-8")
     return script
 
 
-def earlier_run(out: Path, parts: Path) -> str | None:
+def earlier_run(out: Path, work: Path) -> str | None:
     """Why this run would mix with an earlier one's results, or None. Checked before the
     array is submitted: `merge` would refuse a used --out only after every task ran, and an
-    earlier part that no new task overwrote (a task cancelled) would pass for this run's."""
+    earlier array (queued, running or done) writes the same parts and reads the same list."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         return f"--out {out} exists and is not empty (an earlier merge?): give a new folder"
-    if parts.is_dir() and any(parts.iterdir()):
-        return (f"{parts} holds the parts of an earlier run (is its array still running? "
-                f"`squeue --me`): remove {parts.parent}, or give another --work")
+    parts = work / "parts"  # `job` is written once sbatch has taken the array
+    if (work / "job").exists() or (parts.is_dir() and any(parts.iterdir())):
+        job = (work / "job").read_text().strip() if (work / "job").is_file() else "?"
+        return (f"{work} belongs to an earlier array (job {job}; `squeue --me` shows it while "
+                f"it runs). When it is done, merge it: python -m grading merge "
+                f"{shlex.quote(str(work / 'parts'))}/* --out {shlex.quote(str(out))}; to grade "
+                f"the class again, give another --work (or remove {work} once it has ended)")
     return None
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], task_options=None) -> int:
+    """`task_options`: `python -m grading`'s own argument parser (grading.__main__ passes
+    it), which reads the options after -- here as each task will: a typo stops here, not in
+    every task after a trip through the queue."""
     from labkit.themes import ThemeError
 
     from .merge import merge_and_say
 
     args = parse_args(argv)
-    clash = earlier_run(args.out, args.work / "parts")
+    clash = earlier_run(args.out, args.work)
     if clash:
         print(f"grading slurm: {clash}; nothing was submitted", file=sys.stderr)
         return 2
-    try:  # a theme that cannot load would stop every task at its start
+    try:  # options or a theme every task would stop on
+        if task_options:
+            task_options(["SUBMISSION", "--out", "OUT", *args.flags])
         class_theme(args.flags)
+    except SystemExit:  # grading's parser said why, with its usage
+        print("grading slurm: the options after -- are the tasks' `python -m grading` "
+              "options (above); nothing was submitted", file=sys.stderr)
+        return 2
     except ThemeError as exc:
-        print(f"grading slurm: {exc}\nnothing was submitted", file=sys.stderr)
+        print(f"grading slurm: {exc}\n(the class's theme: -- --theme FILE.toml, or "
+              "LABKIT_THEME); nothing was submitted", file=sys.stderr)
         return 2
     if shutil.which("sbatch") is None:
         print("grading slurm: sbatch not found: run this on the cluster's login node",
@@ -184,8 +209,10 @@ def main(argv: list[str]) -> int:
     if not job:
         proc.wait()
         print(f"grading slurm: sbatch did not submit the array (exit {proc.returncode}; its "
-              f"message is above); nothing runs. The script: {script}", file=sys.stderr)
+              f"message is above); nothing runs. The script: {script} (run the command "
+              "again once that is fixed)", file=sys.stderr)
         return 2
+    (args.work / "job").write_text(f"{job}\n")
     if args.no_wait:
         proc.wait()
         print(f"submitted array job {job}; when it is done: {merge_cmd}", file=sys.stderr)

@@ -71,6 +71,9 @@ class Cluster:
     root: Path
     processes: list = field(default_factory=list)
 
+    def __post_init__(self):
+        self.root = Path(self.root)  # Cluster("/tmp/slurm").stop(), as docs/cluster.md says
+
     @property
     def env(self) -> dict:
         return {"SLURM_CONF": str(self.root / "slurm.conf")}

@@ -115,6 +115,14 @@ def test_merge_refuses_to_overwrite_or_to_merge_into_a_part(tmp_path, class_dir,
     p2 = part(class_dir, tmp_path / "p2", "2/2")
     with pytest.raises(MergeRefused, match="is one of the parts"):
         merge([p1, p2], p2)
+    with pytest.raises(MergeRefused, match=f"is inside the part {p2}: merge into a new folder"):
+        merge([p1, p2], p2 / "merged")  # would copy the part into itself
+    (tmp_path / "afile").write_text("kept\n")
+    with pytest.raises(MergeRefused, match="exists and is not a folder"):
+        merge([p1, p2], tmp_path / "afile")
+    with pytest.raises(MergeRefused, match="p3: no such folder"):
+        merge([p1, p2, tmp_path / "p3"], tmp_path / "m")
+    assert not (p2 / "merged").exists() and not (tmp_path / "m").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "gradebook.csv").write_text("kept\n")
     with pytest.raises(MergeRefused, match="exists and is not empty"):
@@ -168,3 +176,17 @@ def test_merged_parts_equal_one_process_score_for_score(tmp_path, lab_run):
         for file in ("results.json", "feedback.md"):
             assert (tmp_path / "merged" / name / file).read_text() == \
                 (tmp_path / f"p{1 if name in ('full', 'seven') else 2}" / name / file).read_text()
+
+
+def test_a_part_records_the_model_it_was_graded_with(tmp_path, class_dir, teaching_dir):
+    """A model the grader cannot load (offline, or a typo) falls back to the teaching model,
+    said on stderr; the part's batch.json records the model used, so it never merges with
+    parts graded on the model asked for."""
+    proc = subprocess.run([sys.executable, "-m", "grading", *map(str, class_dir), "--out",
+                           str(tmp_path / "p"), "--no-execute", "--model", "gtp2"],
+                          capture_output=True, text=True, cwd=craft.ROOT, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: the model 'gtp2' could not be loaded" in proc.stderr
+    assert "grading with 'teaching' instead" in proc.stderr
+    assert PartManifest.read(tmp_path / "p").model == "teaching"

@@ -105,16 +105,25 @@ def test_an_array_sbatch_refuses_is_said_and_nothing_is_merged(tmp_path):
     subs = submissions(tmp_path / "subs")[:2]
     conf = tmp_path / "slurm.conf"
     conf.write_text("")
+    shutil.copyfile(ROOT / "labkit" / "themes" / "plain.toml", tmp_path / "classtheme.toml")
     proc = subprocess.run([sys.executable, "-m", "grading", "slurm", *map(str, subs), "--out",
-                           str(tmp_path / "class"), "--tasks", "5", "--", "--model", "teaching"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env={**os.environ, "SLURM_CONF": str(conf)})
+                           "class", "--tasks", "5", "--", "--model", "teaching"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "SLURM_CONF": str(conf),
+                               "LABKIT_THEME": "classtheme.toml"})
     assert proc.returncode == 2, proc.stderr
     assert "5 tasks for 2 submission(s): using 2, one each" in proc.stderr
     assert "sbatch did not submit the array (exit 1" in proc.stderr, proc.stderr
     assert "a task failed" not in proc.stderr and "grading merge" not in proc.stderr
     assert not (tmp_path / "class").exists()
-    assert "#SBATCH --array=1-2\n" in (tmp_path / "class.slurm" / "grade.sbatch").read_text()
+    again = subprocess.run(proc.args, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                           env={**os.environ, "SLURM_CONF": str(conf),
+                                "LABKIT_THEME": "classtheme.toml"})
+    assert "sbatch did not submit the array" in again.stderr, again.stderr  # not "an earlier"
+    script = (tmp_path / "class.slurm" / "grade.sbatch").read_text()
+    assert "#SBATCH --array=1-2\n" in script
+    # a task resubmitted by hand (sbatch --array=2 grade.sbatch, from anywhere) sees it too
+    assert f"export LABKIT_THEME={tmp_path / 'classtheme.toml'}\n" in script
 
 
 def test_a_class_graded_before_is_refused_before_anything_is_submitted(tmp_path):
@@ -137,16 +146,24 @@ def test_a_class_graded_before_is_refused_before_anything_is_submitted(tmp_path)
     assert f"--out {out} exists and is not empty" in proc.stderr, proc.stderr
     assert "nothing was submitted" in proc.stderr and not work.exists()
     (out / "gradebook.csv").unlink()
-    proc = slurm("--", "--theme", "classthemes.toml")  # a typo: every task would stop
-    assert proc.returncode == 2
-    assert "problem(s) in theme classthemes.toml" in proc.stderr, proc.stderr
-    assert "file not found" in proc.stderr and "nothing was submitted" in proc.stderr
-    assert not work.exists()
+    for typo, said in ((("--", "--theme", "classthemes.toml"), "problem(s) in theme "
+                        "classthemes.toml:\n  - top level: file not found"),
+                       (("--", "--modle", "teaching"), "unrecognized arguments: --modle"),
+                       (("--", "--jobs", "0"), "--jobs must be positive"),
+                       (("--model", "teaching"), "unrecognized arguments: --model teaching "
+                        "(options of `python -m grading`, such as --model or --theme, go "
+                        "after --"),
+                       (("--work", str(out / "w")), f"--work {out / 'w'} is inside --out")):
+        proc = slurm(*typo)  # every task would stop on it
+        assert proc.returncode == 2 and said in proc.stderr, (typo, proc.stderr)
+        assert not work.exists() and not (out / "w").exists()
     (work / "parts" / "1").mkdir(parents=True)
+    (work / "job").write_text("41\n")
     proc = slurm()
     assert proc.returncode == 2
-    assert f"{work / 'parts'} holds the parts of an earlier run" in proc.stderr, proc.stderr
-    assert f"remove {work}, or give another --work" in proc.stderr
+    assert f"{work} belongs to an earlier array (job 41;" in proc.stderr, proc.stderr
+    assert f"merge it: python -m grading merge {work / 'parts'}/* --out {out}" in proc.stderr
+    assert "give another --work" in proc.stderr
     assert not (work / "grade.sbatch").exists()
     assert (work / "parts" / "1").is_dir()  # the earlier parts are left as they were
 
