@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from . import REPO
+from .batch import MANIFEST
 
 SCRIPT = """\
 #!/bin/bash
@@ -103,17 +104,6 @@ def tasks_environment(env) -> dict:
     return {**env, **{k: _absolute(k, env[k]) for k in PATH_ENV if env.get(k)}}
 
 
-def class_theme(flags: list[str]):
-    """The tasks' theme (the last --theme after --, else LABKIT_THEME, else the default),
-    loaded here: ThemeError says what is wrong with it before any task starts."""
-    from labkit.themes import load_theme
-
-    given = [v for n, f in enumerate(flags) for v in
-             ([f.partition("=")[2]] if f.startswith("--theme=") else
-              [flags[n + 1]] if f == "--theme" and n + 1 < len(flags) else [])]
-    return load_theme(given[-1] if given else os.environ.get("LABKIT_THEME") or None)
-
-
 def _absolute(name: str, value: str) -> str:
     must_exist = name in {"--theme", "--model", "LABKIT_THEME", "LABKIT_MODEL"}
     path = Path(value).expanduser()
@@ -160,11 +150,11 @@ def earlier_run(out: Path, work: Path) -> str | None:
     return None
 
 
-def main(argv: list[str], task_options=None) -> int:
+def main(argv: list[str], task_options) -> int:
     """`task_options`: `python -m grading`'s own argument parser (grading.__main__ passes
     it), which reads the options after -- here as each task will: a typo stops here, not in
     every task after a trip through the queue."""
-    from labkit.themes import ThemeError
+    from labkit.themes import ThemeError, load_theme
 
     from .merge import merge_and_say
 
@@ -173,10 +163,8 @@ def main(argv: list[str], task_options=None) -> int:
     if clash:
         print(f"grading slurm: {clash}; nothing was submitted", file=sys.stderr)
         return 2
-    try:  # options or a theme every task would stop on
-        if task_options:
-            task_options(["SUBMISSION", "--out", "OUT", *args.flags])
-        class_theme(args.flags)
+    try:  # options or a theme (--theme, else LABKIT_THEME) every task would stop on
+        load_theme(task_options(["SUBMISSION", "--out", "OUT", *args.flags]).theme)
     except SystemExit:  # grading's parser said why, with its usage
         print("grading slurm: the options after -- are the tasks' `python -m grading` "
               "options (above); nothing was submitted", file=sys.stderr)
@@ -242,7 +230,7 @@ def wait_saying_progress(proc: subprocess.Popen, parts: list[Path], every: float
             returncode = proc.wait(timeout=every)
         except subprocess.TimeoutExpired:
             returncode = None
-        done = sum((part / "batch.json").is_file() for part in parts)
+        done = sum((part / MANIFEST).is_file() for part in parts)
         if done != said:
             said = done
             print(f"{done}/{len(parts)} part(s) finished", file=sys.stderr, flush=True)
