@@ -11,7 +11,7 @@ start and imports count, as they do for an instructor:
 Figures: executed submissions per minute, and grader ÷ bare execution per submission at
 --jobs 1 (sandbox, sanitised copy, checks and recomputation included).
 
-    python -m bench.grading [N] [--cache-only]     # JSON on stdout, progress on stderr
+    python -m bench.grading [N] [--cache-only [--reps=R]]  # JSON on stdout, progress on stderr
 """
 from __future__ import annotations
 
@@ -71,10 +71,14 @@ def _grade(subs: list, out: Path, jobs: int = 1, timeout: float = 3600, *extra: 
                    "--jobs", str(jobs), "--model", "teaching", *extra], {}, timeout)
 
 
-def measure_cache(n: int = 2, log=print) -> dict:
+def measure_cache(n: int = 2, log=print, reps: int = 1) -> dict:
     """Submissions per minute at --jobs 1: full (four notebooks) and notebook-3-only
-    submissions, reference cache off, cold and warm; one run, side by side."""
+    submissions, reference cache off, cold and warm; one run, side by side. With `reps`,
+    the five rows run in turn `reps` times (A, B, ..., A, B, ...: the host's drift hits
+    every row alike) and each figure is the median of its repetitions."""
     from grading.run.reference_cache import ReferenceCache, make_key
+
+    from .stats import median
 
     ref = {s: REPO / "notebooks" / name for s, name in
            ((1, "01_baseline.ipynb"), (2, "02_preferences.ipynb"))}
@@ -89,29 +93,36 @@ def measure_cache(n: int = 2, log=print) -> dict:
             nb3[-1].parent.mkdir(exist_ok=True)
             shutil.copyfile(REPO / "notebooks" / "03_train_dpo.ipynb", nb3[-1])
         seconds, each = {}, {}
-        for label, subs, extra, cold in (
-                ("full, cache off", full, ("--no-reference-cache",), False),
-                ("full, cache on", full, (), False),
-                ("notebook 3 only, cache off", nb3, ("--no-reference-cache",), False),
-                ("notebook 3 only, cache on (cold)", nb3, (), True),
-                ("notebook 3 only, cache on (warm)", nb3, (), False)):
-            if cold:
-                ReferenceCache().discard(key)
-            out = tmp / f"out-{len(seconds)}"
-            seconds[label] = _grade(subs, out, 1, 3600, *extra)
-            each[label] = per_submission_seconds(out)
-            log(f"  {label}: {n} submissions in {seconds[label]:.1f} s "
-                f"({60 * n / seconds[label]:.2f}/min; {each[label]:.1f} s each, start-up "
-                f"{seconds[label] - n * each[label]:.1f} s; load {load_average()})")
-    rate = {label: 60 * n / s for label, s in seconds.items()}
+        for rep in range(1, reps + 1):
+            for row, (label, subs, extra, cold) in enumerate((
+                    ("full, cache off", full, ("--no-reference-cache",), False),
+                    ("full, cache on", full, (), False),
+                    ("notebook 3 only, cache off", nb3, ("--no-reference-cache",), False),
+                    ("notebook 3 only, cache on (cold)", nb3, (), True),
+                    ("notebook 3 only, cache on (warm)", nb3, (), False))):
+                if cold:
+                    ReferenceCache().discard(key)
+                out = tmp / f"out-{rep}-{row}"
+                batch = _grade(subs, out, 1, 3600, *extra)
+                one = per_submission_seconds(out)
+                seconds.setdefault(label, []).append(batch)
+                each.setdefault(label, []).append(one)
+                log(f"  [{rep}/{reps}] {label}: {n} submissions in {batch:.1f} s "
+                    f"({60 * n / batch:.2f}/min; {one:.1f} s each, start-up "
+                    f"{batch - n * one:.1f} s; load {load_average()})")
     warm, off = "notebook 3 only, cache on (warm)", "notebook 3 only, cache off"
-    return {"submissions": n, "jobs": 1, "seconds": seconds, "submissions_per_minute": rate,
-            "seconds_per_submission": each,
+    runs = {"seconds": seconds, "seconds_per_submission": each,
+            "nb3_speedup_warm": [o / w for o, w in zip(seconds[off], seconds[warm])]}
+    seconds = {label: median(values) for label, values in seconds.items()}
+    each = {label: median(values) for label, values in each.items()}
+    rate = {label: 60 * n / s for label, s in seconds.items()}
+    return {"submissions": n, "jobs": 1, "reps": reps, "seconds": seconds,
+            "submissions_per_minute": rate, "seconds_per_submission": each,
             "nb3_speedup_per_submission": each[off] / each[warm],
             "nb3_speedup_warm": rate[warm] / rate[off],
             "nb3_speedup_cold": rate["notebook 3 only, cache on (cold)"] / rate[off],
             "full_on_over_off": rate["full, cache on"] / rate["full, cache off"],
-            "load_average": load_average()}
+            "runs": runs, "load_average": load_average()}
 
 
 def per_submission_seconds(out: Path) -> float:
@@ -148,5 +159,8 @@ if __name__ == "__main__":
 
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731 - stdout is the JSON
     count = int(next((a for a in sys.argv[1:] if a.isdigit()), 2))
-    run = measure_cache if "--cache-only" in sys.argv else measure
-    print(json.dumps(run(count, log), indent=1))
+    reps = int(next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--reps=")), 1))
+    if "--cache-only" in sys.argv:
+        print(json.dumps(measure_cache(count, log, reps), indent=1))
+    else:
+        print(json.dumps(measure(count, log), indent=1))

@@ -133,13 +133,16 @@ def _cache_rows(gr: dict) -> list[str]:
     rc = gr.get("reference_cache")
     if not rc:
         return []
-    rate = rc["submissions_per_minute"]
-    rows = [_row(f"Grading {rc['submissions']} {label} (--jobs 1), submissions per minute",
+    rate, reps = rc["submissions_per_minute"], rc.get("reps", 1)
+    runs = f", median of {reps} interleaved runs" if reps > 1 else ""
+    rows = [_row(f"Grading {rc['submissions']} {label} (--jobs 1{runs}), submissions per minute",
                  _num(value, "", 2)) for label, value in rate.items()]
     load = f"load average {rc['load_average']}" if rc.get("load_average") is not None else ""
+    each_run = rc.get("runs", {}).get("nb3_speedup_warm", [])
+    spread = f"; each run: {', '.join(_num(r, '×', 2) for r in each_run)}" if reps > 1 else ""
     rows.append(_row(f"Notebook-3-only speedup, warm cache ÷ no cache ({load})",
                      f"{_num(rc['nb3_speedup_warm'], '×', 2)} (cold: "
-                     f"{_num(rc['nb3_speedup_cold'], '×', 2)})", "nb3_cache_speedup",
+                     f"{_num(rc['nb3_speedup_cold'], '×', 2)}{spread})", "nb3_cache_speedup",
                      rc["nb3_speedup_warm"]))
     each = rc.get("seconds_per_submission")
     if each:   # older results have no per-submission figures

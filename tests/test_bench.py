@@ -133,8 +133,9 @@ def test_gpu_tokenizer_falls_back_without_npm_files(tmp_path, monkeypatch):
 
 def test_cache_rows_show_the_per_submission_ratio_and_skip_other_measurements(tmp_path):
     """The reference cache's per-submission figure is read from each record.json (the
-    batch's start-up left out), rendered beside the batch ratio; a results folder's other
-    JSON (bench.real_recipes') is not a bench run and gets no section."""
+    batch's start-up left out), rendered beside the batch ratio; repeated runs show as
+    medians, with each run's ratio beside; a results folder's other JSON
+    (bench.real_recipes') is not a bench run and gets no section."""
     from bench import report
     from bench.grading import per_submission_seconds
 
@@ -168,6 +169,13 @@ def test_cache_rows_show_the_per_submission_ratio_and_skip_other_measurements(tm
                   "reference_cache": data["sections"]["grading"]["reference_cache"]}
     text = report.render_section({**data, "sections": {"grading": only_cache}})
     assert "only --cache-only ran" in text and "2.20× (22.0 s vs 10.0 s)" in text
+
+    repeated = {**only_cache["reference_cache"], "reps": 3,
+                "runs": {"nb3_speedup_warm": [1.7, 1.8, 2.1]}}
+    text = report.render_section({**data, "sections": {"grading": {"reference_cache": repeated}}})
+    batch = next(line for line in text.splitlines() if "warm cache ÷ no cache" in line)
+    assert "each run: 1.70×, 1.80×, 2.10×" in batch
+    assert text.count("median of 3 interleaved runs") == len(labels)
 
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "m.json").write_text(json.dumps(data))
