@@ -17,9 +17,10 @@ import os
 import pwd
 import signal
 import subprocess
+import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +49,6 @@ class Account:
     def drop(self, argv: list[str], pdeathsig: bool = True) -> list[str]:
         """argv run as this user: no groups, no way back to privileges (no_new_privs);
         killed with its parent. The grader's Python becomes the staged one."""
-        import sys
-
         if argv and argv[0] == sys.executable:
             argv = [self.stage.python, *argv[1:]]
         death = ["--pdeathsig", "KILL"] if pdeathsig else []
@@ -104,26 +103,27 @@ class Account:
                 raise LeftBehind(f"processes {alive} of {self.name} (uid {self.uid}) "
                                  f"survived SIGKILL for {wait:g} s")
             for pid in alive:  # e.g. one that changed user to this one meanwhile
-                try:
+                with suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
             time.sleep(0.05)
 
 
-def kill_students(wait: float = 10.0) -> None:
-    """Kill every process of every student user no grader runs as now, and check
-    (LeftBehind). A user whose slot another grader holds is left alone: its submission is
-    being graded (that grader kills its processes when it ends); each slot stays locked
-    while its user is killed, so no grader takes it meanwhile."""
+def idle_students():
+    """The pwd entry of each student user no grader runs as now (a held slot's user is being
+    graded: its grader kills its processes), its slot locked while the caller has it."""
     folder = _lock_folder()
     for entry in pwd.getpwall():
         number = entry.pw_name.removeprefix(PREFIX)
-        if not (entry.pw_name.startswith(PREFIX) and number.isdigit()) or entry.pw_uid == 0:
-            continue
-        if (handle := _try_slot(folder, int(number))) is not None:
+        if (entry.pw_name.startswith(PREFIX) and number.isdigit() and entry.pw_uid != 0
+                and (handle := _try_slot(folder, int(number))) is not None):
             with handle:
-                Account(entry.pw_name, entry.pw_uid, entry.pw_gid, None).kill_all(wait)
+                yield entry
+
+
+def kill_students(wait: float = 10.0) -> None:
+    """Kill every process of each of `idle_students()`, and check (LeftBehind)."""
+    for entry in idle_students():
+        Account(entry.pw_name, entry.pw_uid, entry.pw_gid, None).kill_all(wait)
 
 
 def needed(allow_namespaces: bool = True) -> bool:
