@@ -78,7 +78,7 @@ def measure_cache(n: int = 2, log=print, reps: int = 1) -> dict:
     every row alike) and each figure is the median of its repetitions."""
     from grading.run.reference_cache import ReferenceCache, make_key
 
-    from .stats import median
+    from .stats import summary
 
     ref = {s: REPO / "notebooks" / name for s, name in
            ((1, "01_baseline.ipynb"), (2, "02_preferences.ipynb"))}
@@ -92,7 +92,7 @@ def measure_cache(n: int = 2, log=print, reps: int = 1) -> dict:
             nb3.append(tmp / "nb3" / f"03_student{i}.ipynb")
             nb3[-1].parent.mkdir(exist_ok=True)
             shutil.copyfile(REPO / "notebooks" / "03_train_dpo.ipynb", nb3[-1])
-        seconds, each = {}, {}
+        batches, ones = {}, {}  # label: each repetition's seconds
         for rep in range(1, reps + 1):
             for row, (label, subs, extra, cold) in enumerate((
                     ("full, cache off", full, ("--no-reference-cache",), False),
@@ -105,16 +105,17 @@ def measure_cache(n: int = 2, log=print, reps: int = 1) -> dict:
                 out = tmp / f"out-{rep}-{row}"
                 batch = _grade(subs, out, 1, 3600, *extra)
                 one = per_submission_seconds(out)
-                seconds.setdefault(label, []).append(batch)
-                each.setdefault(label, []).append(one)
+                batches.setdefault(label, []).append(batch)
+                ones.setdefault(label, []).append(one)
                 log(f"  [{rep}/{reps}] {label}: {n} submissions in {batch:.1f} s "
                     f"({60 * n / batch:.2f}/min; {one:.1f} s each, start-up "
                     f"{batch - n * one:.1f} s; load {load_average()})")
     warm, off = "notebook 3 only, cache on (warm)", "notebook 3 only, cache off"
-    runs = {"seconds": seconds, "seconds_per_submission": each,
-            "nb3_speedup_warm": [o / w for o, w in zip(seconds[off], seconds[warm])]}
-    seconds = {label: median(values) for label, values in seconds.items()}
-    each = {label: median(values) for label, values in each.items()}
+    runs = {"seconds": {label: summary(v) for label, v in batches.items()},
+            "seconds_per_submission": {label: summary(v) for label, v in ones.items()},
+            "nb3_speedup_warm": [o / w for o, w in zip(batches[off], batches[warm])]}
+    seconds = {label: s["median"] for label, s in runs["seconds"].items()}
+    each = {label: s["median"] for label, s in runs["seconds_per_submission"].items()}
     rate = {label: 60 * n / s for label, s in seconds.items()}
     return {"submissions": n, "jobs": 1, "reps": reps, "seconds": seconds,
             "submissions_per_minute": rate, "seconds_per_submission": each,
